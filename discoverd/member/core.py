@@ -1,0 +1,280 @@
+"""``MemberCore``: one member without I/O — a RawNode, the replicated state machine, and the
+bookkeeping that turns committed entries and read states into answers for waiting requests.
+
+It is the unit both runtimes drive: ``server/raft_loop.py`` (trio, real disk and sockets) and
+``testing/sim`` (one thread, simulated disk and network). Both run the same cycle:
+
+    rd = core.begin()                    # take a Ready; send rd.early_messages at once
+    core.storage.persist(rd...)          # the slow, blocking half (a worker thread in trio)
+    done = core.complete(rd)             # memory half + apply; send done.messages, answer
+                                         # done.replies, then run done.snapshot if any
+
+Request ids are the runtime's (any int unique among pending requests).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from discoverd.consensus.log import RaftLog
+from discoverd.consensus.messages import (
+    ConfChange,
+    ConfChangeKind,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    Snapshot,
+    SnapshotMeta,
+)
+from discoverd.consensus.raft import Config, RandomSource, Role
+from discoverd.consensus.rawnode import RawNode, Ready, SoftState
+from discoverd.consensus.storage import LogStorage
+from discoverd.errors import DiscoverdError, ProposalDropped, Unavailable
+
+
+class StateMachine(Protocol):
+    """What the member replicates. Deterministic: same entries in, same state and results."""
+
+    def apply(self, entry: Entry) -> Any:
+        """Apply a committed entry (any kind, in log order); the value answers its proposer.
+
+        Entries with no data (a new leader's) and CONF_CHANGE entries are passed too, so the
+        machine always knows the applied index; it may otherwise ignore them.
+        """
+        ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+class MemberStorage(LogStorage, Protocol):
+    """Durable Raft state, split in an I/O half and a memory half.
+
+    The I/O half (``persist``, ``write_snapshot``) may block and may run on a worker thread:
+    it touches nothing Raft reads. The memory half (``persisted``, ``snapshot_written``) runs
+    on the member's own thread afterwards and updates what ``LogStorage`` answers.
+    """
+
+    def persist(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+        *,
+        must_sync: bool,
+    ) -> None: ...
+
+    def persisted(
+        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+    ) -> None: ...
+
+    def write_snapshot(self, snap: Snapshot) -> None: ...
+
+    def snapshot_written(self, snap: Snapshot, compact_to: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to request ``request_id``: ``result`` or ``error``."""
+
+    request_id: int
+    result: Any = None
+    error: DiscoverdError | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """What ``complete`` leaves for the runtime to do, in this order."""
+
+    messages: list[Message] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    soft_state: SoftState | None = None
+    snapshot: Snapshot | None = None  # write it (I/O), then call snapshot_written
+    compact_to: int = 0
+    removed: bool = False  # this member was removed from the cluster: stop it
+
+
+@dataclass(slots=True)
+class _Pending:
+    request_id: int
+    term: int
+
+
+class MemberCore:
+    def __init__(
+        self,
+        config: Config,
+        storage: MemberStorage,
+        state_machine: StateMachine,
+        rng: RandomSource,
+        *,
+        snapshot_count: int = 10_000,
+        snapshot_catchup_entries: int = 5_000,
+    ) -> None:
+        self.storage = storage
+        self.sm = state_machine
+        snap = storage.snapshot()
+        if not snap.is_empty:
+            state_machine.restore(snap.data)
+        config.applied = max(config.applied, snap.meta.index)
+        self.node = RawNode(config, storage, rng)
+        self.id = config.id
+        self.applied = snap.meta.index
+        self.conf_state = snap.meta.conf_state
+        self.snapshot_index = snap.meta.index
+        self.snapshot_count = snapshot_count
+        self.snapshot_catchup_entries = snapshot_catchup_entries
+        self._proposals: dict[int, _Pending] = {}
+        self._read_ctx: dict[bytes, int] = {}
+        self._reads_waiting: list[tuple[int, int]] = []  # (index, request_id), sorted
+        self._removed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<MemberCore {self.id} applied={self.applied} snapshot={self.snapshot_index} "
+            f"proposals={len(self._proposals)} reads={len(self._reads_waiting)}>"
+        )
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def raft_log(self) -> RaftLog:
+        return self.node.raft.log
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.raft.role is Role.LEADER
+
+    @property
+    def leader(self) -> int:
+        return self.node.raft.lead
+
+    @property
+    def term(self) -> int:
+        return self.node.raft.term
+
+    # ------------------------------------------------------------------ inputs
+
+    def tick(self) -> None:
+        self.node.tick()
+
+    def step(self, message: Message) -> None:
+        self.node.step(message)
+
+    def propose(self, request_id: int, data: bytes) -> int:
+        """Propose ``data``; the reply comes when its entry is applied.
+
+        Raises:
+            NotLeader, ProposalDropped: nothing was proposed; the caller may retry elsewhere.
+        """
+        index = self.node.propose(data)
+        self._proposals[index] = _Pending(request_id, self.term)
+        return index
+
+    def propose_conf_change(self, request_id: int, cc: ConfChange) -> int:
+        index = self.node.propose_conf_change(cc)
+        self._proposals[index] = _Pending(request_id, self.term)
+        return index
+
+    def read(self, request_id: int) -> None:
+        """A linearizable read barrier: the reply (its result is the read index) comes once
+        the state machine has applied everything committed before this call; then read
+        the state machine locally.
+
+        Raises:
+            NotLeader: no leader is known (the request cannot even be forwarded).
+        """
+        ctx = request_id.to_bytes(8, "big", signed=False)
+        self.node.read_index(ctx)
+        self._read_ctx[ctx] = request_id
+
+    def transfer_leader(self, target: int) -> None:
+        self.node.transfer_leader(target)
+
+    def report_unreachable(self, peer: int) -> None:
+        self.node.report_unreachable(peer)
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        self.node.report_snapshot(peer, ok=ok)
+
+    # ------------------------------------------------------------------ the Ready cycle
+
+    def has_ready(self) -> bool:
+        return not self._removed and self.node.has_ready()
+
+    def begin(self) -> Ready:
+        """Take the next Ready. Send ``early_messages`` now; then ``storage.persist`` it."""
+        return self.node.ready()
+
+    def persist(self, rd: Ready) -> None:
+        """The I/O half, for runtimes that do not split it onto another thread."""
+        self.storage.persist(rd.hard_state, rd.entries, rd.snapshot, must_sync=rd.must_sync)
+
+    def complete(self, rd: Ready) -> Completion:
+        """After ``persist(rd)`` returned: update memory, apply, and say what to do next."""
+        self.storage.persisted(rd.hard_state, rd.entries, rd.snapshot)
+        done = Completion(messages=rd.messages, soft_state=rd.soft_state)
+        if rd.snapshot is not None:
+            self.sm.restore(rd.snapshot.data)
+            self.applied = rd.snapshot.meta.index
+            self.conf_state = rd.snapshot.meta.conf_state
+            self.snapshot_index = rd.snapshot.meta.index
+            for index in [i for i in self._proposals if i <= self.applied]:
+                p = self._proposals.pop(index)
+                done.replies.append(Reply(p.request_id, error=ProposalDropped(
+                    "replaced by a snapshot from the leader; the outcome is unknown")))
+        for e in rd.committed_entries:
+            self._apply(e, done)
+        for rs in rd.read_states:
+            rid = self._read_ctx.pop(rs.context, None)
+            if rid is not None:
+                bisect.insort(self._reads_waiting, (rs.index, rid))
+        for ctx in rd.dropped_reads:
+            rid = self._read_ctx.pop(ctx, None)
+            if rid is not None:
+                done.replies.append(Reply(rid, error=Unavailable(
+                    "leadership changed during a linearizable read; retry")))
+        self.node.advance(rd)
+        while self._reads_waiting and self._reads_waiting[0][0] <= self.applied:
+            index, rid = self._reads_waiting.pop(0)
+            done.replies.append(Reply(rid, index))
+        if self.applied - self.snapshot_index >= self.snapshot_count:
+            done.snapshot = self._take_snapshot()
+            done.compact_to = max(0, self.applied - self.snapshot_catchup_entries)
+        done.removed = self._removed
+        return done
+
+    def _apply(self, e: Entry, done: Completion) -> None:
+        if e.kind is EntryKind.CONF_CHANGE:
+            cc = ConfChange.decode(e.data)
+            self.conf_state = self.node.apply_conf_change(cc)
+            if cc.kind is ConfChangeKind.REMOVE_NODE and cc.node_id == self.id:
+                self._removed = True
+        # Every entry reaches the state machine (empty and membership ones too), so it can
+        # track the applied index it will store in its snapshots.
+        result = self.sm.apply(e)
+        self.applied = e.index
+        p = self._proposals.pop(e.index, None)
+        if p is None:
+            return
+        if p.term == e.term:
+            done.replies.append(Reply(p.request_id, result))
+        else:
+            done.replies.append(Reply(p.request_id, error=ProposalDropped(
+                "the leader changed and another entry took this proposal's place; retry")))
+
+    def _take_snapshot(self) -> Snapshot:
+        term = self.raft_log.term(self.applied)
+        meta = SnapshotMeta(self.applied, term, self.conf_state)
+        return Snapshot(meta, self.sm.snapshot())
+
+    def snapshot_written(self, snap: Snapshot, compact_to: int) -> None:
+        """The runtime wrote ``snap`` durably: remember it and compact the log behind it."""
+        self.storage.snapshot_written(snap, compact_to)
+        self.snapshot_index = max(self.snapshot_index, snap.meta.index)
+
