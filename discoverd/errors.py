@@ -75,3 +75,9 @@ class CorruptData(DiscoverdError):
     """Durable state failed a check (CRC, framing, identity): refuse to start rather than guess."""
 
     code = "corrupt"
+
+
+class RequestTimeout(Unavailable):
+    """No answer in time; for a write the outcome is unknown (it may still be applied)."""
+
+    code = "timeout"

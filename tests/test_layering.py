@@ -15,6 +15,9 @@ RULES: dict[str, set[str]] = {
     # package: the discoverd.* packages it may import (besides itself)
     "consensus": {"errors"},
     "wire": {"errors", "consensus"},
+    "storage": {"errors", "consensus"},
+    "member": {"errors", "consensus", "machine", "storage", "wire"},
+    "machine": {"errors", "consensus", "kv", "leases", "registry", "wire"},
 }
 
 

@@ -13,6 +13,7 @@ from discoverd.consensus.messages import (
     ConfChange,
     Entry,
     EntryKind,
+    ForwardProposal,
     HardState,
     Heartbeat,
     HeartbeatResponse,
@@ -94,6 +95,8 @@ def describe_message(m: Message) -> str:
             return head
         case ReadIndexRequest():
             return f"{head} {[c.decode('latin-1') for c in m.contexts]}"
+        case ForwardProposal():
+            return f"{head} {[_data(d).strip() for d in m.entries]}"
         case ReadIndexResponse():
             return f"{head} index {m.index} {[c.decode('latin-1') for c in m.contexts]}"
     return head

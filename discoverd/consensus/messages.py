@@ -186,6 +186,13 @@ class ReadIndexResponse(Message):
     contexts: tuple[bytes, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class ForwardProposal(Message):
+    """A follower hands client proposals to its leader (the leader appends them as its own)."""
+
+    entries: tuple[bytes, ...] = ()
+
+
 # ----------------------------------------------------------------------------- plain-data codec
 
 _MESSAGE_TYPES: tuple[type[Message], ...] = (
@@ -199,6 +206,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     TimeoutNow,
     ReadIndexRequest,
     ReadIndexResponse,
+    ForwardProposal,
 )
 _TYPE_CODE = {t: i for i, t in enumerate(_MESSAGE_TYPES)}
 
@@ -297,6 +305,8 @@ def to_obj(m: Message) -> list[Any]:
             return [*head, list(m.contexts)]
         case ReadIndexResponse():
             return [*head, m.index, list(m.contexts)]
+        case ForwardProposal():
+            return [*head, list(m.entries)]
     raise AssertionError(f"unknown message type {type(m).__name__}")
 
 
@@ -349,6 +359,10 @@ def from_obj(o: Any) -> Message:
         (a,) = want(1)
         return ReadIndexRequest(term, src, dst,
                                 tuple(_bytes(c, "context") for c in _list(a, "contexts")))
+    if cls is ForwardProposal:
+        (a,) = want(1)
+        datas = tuple(_bytes(d, "entry") for d in _list(a, "entries"))
+        return ForwardProposal(term, src, dst, datas)
     a, b = want(2)
     return ReadIndexResponse(term, src, dst, _int(a, "index"),
                              tuple(_bytes(c, "context") for c in _list(b, "contexts")))

@@ -26,6 +26,7 @@ from discoverd.consensus.messages import (
     ConfState,
     Entry,
     EntryKind,
+    ForwardProposal,
     HardState,
     Heartbeat,
     HeartbeatResponse,
@@ -556,6 +557,11 @@ class Raft:
                 return
             for ctx in m.contexts:
                 self.read_only.add(ctx, m.src)
+        elif isinstance(m, ForwardProposal):
+            if m.src not in self.prs or self.lead_transferee != NONE:
+                return  # dropped; the follower's client times out and retries
+            self._append_entries([Entry(0, 0, EntryKind.NORMAL, d) for d in m.entries])
+            self.bcast_append()
 
     def _handle_append_response(self, m: AppendEntriesResponse) -> None:
         pr = self.prs.get(m.src)
@@ -626,6 +632,20 @@ class Raft:
             self.pending_conf_index = first + conf_at[0]
         self.bcast_append()
         return last
+
+    def forward_proposal(self, data: list[bytes]) -> None:
+        """Hand proposals to the leader (a follower's writes). Nothing reports whether the
+        leader appended them: the proposer learns it by seeing them applied, or times out.
+
+        Raises:
+            NotLeader: no leader is known to forward to.
+        """
+        if self.role is Role.LEADER:
+            self.propose([Entry(0, 0, EntryKind.NORMAL, d) for d in data])
+            return
+        if self.lead == NONE:
+            raise NotLeader(f"member {self.id:x} knows no leader")
+        self.send(ForwardProposal(self.term, self.id, self.lead, tuple(data)))
 
     def _append_entries(self, entries: list[Entry]) -> int:
         last = self.log.last_index()

@@ -136,6 +136,14 @@ class RawNode:
         """Propose several entries at once; returns the index of the last one."""
         return self.raft.propose([Entry(0, 0, EntryKind.NORMAL, d) for d in items])
 
+    def forward_proposal(self, data: list[bytes]) -> None:
+        """Propose on whichever member leads: append here if leader, else forward.
+
+        Raises:
+            NotLeader: no leader is known.
+        """
+        self.raft.forward_proposal(data)
+
     def propose_conf_change(self, cc: ConfChange) -> int:
         """Propose a membership change (one at a time; see ``confchange``).
 

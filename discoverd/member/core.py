@@ -33,7 +33,7 @@ from discoverd.consensus.messages import (
 from discoverd.consensus.raft import Config, RandomSource, Role
 from discoverd.consensus.rawnode import RawNode, Ready, SoftState
 from discoverd.consensus.storage import LogStorage
-from discoverd.errors import DiscoverdError, ProposalDropped, Unavailable
+from discoverd.errors import Compacted, DiscoverdError, ProposalDropped, Unavailable
 
 
 class StateMachine(Protocol):
@@ -99,10 +99,19 @@ class Completion:
     removed: bool = False  # this member was removed from the cluster: stop it
 
 
-@dataclass(slots=True)
-class _Pending:
-    request_id: int
-    term: int
+_ENVELOPE = b"\xd1"
+
+
+def _wrap(origin: int, request_id: int, payload: bytes) -> bytes:
+    """Tag a proposal with who proposed it, so that member (and only it) answers it when the
+    entry is applied — whichever member the leader was when it was appended."""
+    return _ENVELOPE + origin.to_bytes(8, "big") + request_id.to_bytes(8, "big") + payload
+
+
+def _unwrap(data: bytes) -> tuple[int, int, bytes]:
+    if len(data) >= 17 and data[:1] == _ENVELOPE:
+        return int.from_bytes(data[1:9], "big"), int.from_bytes(data[9:17], "big"), data[17:]
+    return 0, 0, data
 
 
 class MemberCore:
@@ -129,7 +138,7 @@ class MemberCore:
         self.snapshot_index = snap.meta.index
         self.snapshot_count = snapshot_count
         self.snapshot_catchup_entries = snapshot_catchup_entries
-        self._proposals: dict[int, _Pending] = {}
+        self._proposals: set[int] = set()
         self._read_ctx: dict[bytes, int] = {}
         self._reads_waiting: list[tuple[int, int]] = []  # (index, request_id), sorted
         self._removed = False
@@ -166,20 +175,30 @@ class MemberCore:
     def step(self, message: Message) -> None:
         self.node.step(message)
 
-    def propose(self, request_id: int, data: bytes) -> int:
-        """Propose ``data``; the reply comes when its entry is applied.
+    def propose(self, request_id: int, data: bytes) -> None:
+        """Propose ``data`` through whichever member leads (a follower forwards it); the reply
+        comes when its entry is applied here. If the proposal is lost on the way (leader
+        change), no reply comes: the runtime times out and calls ``cancel``.
 
         Raises:
             NotLeader, ProposalDropped: nothing was proposed; the caller may retry elsewhere.
         """
-        index = self.node.propose(data)
-        self._proposals[index] = _Pending(request_id, self.term)
-        return index
+        self.node.forward_proposal([_wrap(self.id, request_id, data)])
+        self._proposals.add(request_id)
 
     def propose_conf_change(self, request_id: int, cc: ConfChange) -> int:
-        index = self.node.propose_conf_change(cc)
-        self._proposals[index] = _Pending(request_id, self.term)
+        """Propose a membership change (on the leader only); returns its index."""
+        tagged = ConfChange(cc.kind, cc.node_id, _wrap(self.id, request_id, cc.context))
+        index = self.node.propose_conf_change(tagged)
+        self._proposals.add(request_id)
         return index
+
+    def cancel(self, request_id: int) -> None:
+        """Forget a request the runtime gave up on (timed out); a late result is dropped."""
+        self._proposals.discard(request_id)
+        ctx = request_id.to_bytes(8, "big", signed=False)
+        self._read_ctx.pop(ctx, None)
+        self._reads_waiting = [(i, r) for i, r in self._reads_waiting if r != request_id]
 
     def read(self, request_id: int) -> None:
         """A linearizable read barrier: the reply (its result is the read index) comes once
@@ -224,10 +243,11 @@ class MemberCore:
             self.applied = rd.snapshot.meta.index
             self.conf_state = rd.snapshot.meta.conf_state
             self.snapshot_index = rd.snapshot.meta.index
-            for index in [i for i in self._proposals if i <= self.applied]:
-                p = self._proposals.pop(index)
-                done.replies.append(Reply(p.request_id, error=ProposalDropped(
+            for request_id in sorted(self._proposals):
+                # Whatever happened to them is inside the snapshot: we cannot tell.
+                done.replies.append(Reply(request_id, error=ProposalDropped(
                     "replaced by a snapshot from the leader; the outcome is unknown")))
+            self._proposals.clear()
         for e in rd.committed_entries:
             self._apply(e, done)
         for rs in rd.read_states:
@@ -245,31 +265,39 @@ class MemberCore:
             done.replies.append(Reply(rid, index))
         if self.applied - self.snapshot_index >= self.snapshot_count:
             done.snapshot = self._take_snapshot()
-            done.compact_to = max(0, self.applied - self.snapshot_catchup_entries)
+            if done.snapshot is not None:
+                done.compact_to = max(0, self.applied - self.snapshot_catchup_entries)
         done.removed = self._removed
         return done
 
     def _apply(self, e: Entry, done: Completion) -> None:
+        origin, request_id = 0, 0
         if e.kind is EntryKind.CONF_CHANGE:
             cc = ConfChange.decode(e.data)
+            origin, request_id, _ = _unwrap(cc.context)
             self.conf_state = self.node.apply_conf_change(cc)
             if cc.kind is ConfChangeKind.REMOVE_NODE and cc.node_id == self.id:
                 self._removed = True
+        elif e.data:
+            origin, request_id, payload = _unwrap(e.data)
+            e = Entry(e.term, e.index, e.kind, payload)
         # Every entry reaches the state machine (empty and membership ones too), so it can
         # track the applied index it will store in its snapshots.
         result = self.sm.apply(e)
+        if e.kind is EntryKind.CONF_CHANGE:
+            result = self.conf_state
         self.applied = e.index
-        p = self._proposals.pop(e.index, None)
-        if p is None:
-            return
-        if p.term == e.term:
-            done.replies.append(Reply(p.request_id, result))
-        else:
-            done.replies.append(Reply(p.request_id, error=ProposalDropped(
-                "the leader changed and another entry took this proposal's place; retry")))
+        if origin == self.id and request_id in self._proposals:
+            self._proposals.discard(request_id)
+            done.replies.append(Reply(request_id, result))
 
-    def _take_snapshot(self) -> Snapshot:
-        term = self.raft_log.term(self.applied)
+    def _take_snapshot(self) -> Snapshot | None:
+        try:
+            term = self.raft_log.term(self.applied)
+        except Compacted:
+            # A newer snapshot from the leader arrived while this Ready was being persisted;
+            # it supersedes ours, which would be stale before it was written.
+            return None
         meta = SnapshotMeta(self.applied, term, self.conf_state)
         return Snapshot(meta, self.sm.snapshot())
 

@@ -28,6 +28,7 @@ from discoverd.consensus.messages import (
     ConfState,
     Entry,
     EntryKind,
+    ForwardProposal,
     Heartbeat,
     HeartbeatResponse,
     InstallSnapshot,
@@ -950,6 +951,7 @@ SAMPLES: list[Message] = [
     TimeoutNow(3, 1, 2),
     ReadIndexRequest(3, 2, 1, contexts=(b"r1", b"r2")),
     ReadIndexResponse(3, 1, 2, index=8, contexts=(b"r1",)),
+    ForwardProposal(3, 2, 1, entries=(b"put a", b"")),
 ]
 
 

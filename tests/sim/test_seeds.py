@@ -8,6 +8,7 @@ command that replays it event by event.
 from __future__ import annotations
 
 import os
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def _outcome(seed: int) -> tuple[int, str | None, int]:
         result = run_seed(seed)
     except SimFailure as e:
         return seed, str(e), 0
+    except Exception:  # the code under test crashed: a failure of this seed as well
+        replay = f"replay: python -m discoverd.testing.sim --seed {seed} --trace"
+        return seed, f"{traceback.format_exc()}{replay}", 0
     return seed, None, result.stats.events
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 
 from discoverd.testing.sim.checkers import SimFailure
@@ -21,6 +22,9 @@ def _run_quiet(seed: int) -> tuple[int, str | None, dict[str, int]]:
         res: SimResult = run_seed(seed)
     except SimFailure as e:
         return seed, str(e), {}
+    except Exception:  # a crash of the code under test is a failure of that seed too
+        replay = f"replay: python -m discoverd.testing.sim --seed {seed} --trace"
+        return seed, traceback.format_exc() + replay, {}
     s = res.stats
     return seed, None, {
         "events": s.events, "crashes": s.crashes, "elections": s.leader_elections,

@@ -372,10 +372,10 @@ class Simulator:
         for nid, node in sorted(self.nodes.items()):
             if node.core is not None and node.core.is_leader:
                 try:
-                    idx = node.core.propose(0, MARKER)
+                    node.core.propose(0, MARKER)
                 except Unavailable:
                     continue
-                self.log(f"n{nid} proposes liveness marker at {idx}")
+                self.log(f"n{nid} proposes the liveness marker")
                 break
         self._schedule(self.o.election_timeout_us, "marker", ())
 
@@ -420,9 +420,9 @@ class Simulator:
                 self.ops[op_id] = ClientOp("read", c, nid, node.incarnation, deadline)
             else:
                 data = f"w:k{r.randrange(5)}={c}.{op_id}".encode()
-                idx = node.core.propose(op_id, data)
-                self.ops[op_id] = ClientOp("write", c, nid, node.incarnation, deadline, idx, data)
-                self.log(f"client {c} proposes {data.decode()} at n{nid} index {idx}")
+                node.core.propose(op_id, data)
+                self.ops[op_id] = ClientOp("write", c, nid, node.incarnation, deadline, 0, data)
+                self.log(f"client {c} proposes {data.decode()} at n{nid}")
             self.busy_clients[c] = op_id
         except Unavailable as e:
             leader = getattr(e, "leader", 0)
@@ -480,7 +480,7 @@ class Simulator:
         if op.kind == "read":
             self.checker.on_read(node, reply.request_id, int(reply.result))
         else:
-            self.checker.on_write_acked(op.index, op.data)
+            self.checker.on_write_acked(int(reply.result), op.data)
         self.leader_guess[op.client] = node.id
         self._finish_op(reply.request_id, "ok")
 

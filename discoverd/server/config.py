@@ -1,0 +1,149 @@
+"""``MemberConfig``: what ``discoverd serve`` was told, with etcd's flag names and defaults.
+
+Also the two identities a member derives from its flags: the cluster id (from
+``--initial-cluster-token``: members started with different tokens refuse each other's peer
+traffic) and each member's id (from its name, peer URLs and the token, so every member
+computes the same ids for the same ``--initial-cluster``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from discoverd.errors import ClientError
+
+DEFAULT_NAME = "default"
+DEFAULT_CLIENT_URL = "http://127.0.0.1:2379"
+DEFAULT_PEER_URL = "http://127.0.0.1:2380"
+DEFAULT_TOKEN = "discoverd-cluster"
+
+
+def _id(*parts: str) -> int:
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1) or 1
+
+
+def cluster_id_for(token: str) -> int:
+    return _id("cluster", token)
+
+
+def member_id_for(name: str, peer_urls: list[str], token: str) -> int:
+    return _id("member", name, *sorted(peer_urls), token)
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """``http://host:port`` → (host, port); raises ``ClientError`` with the bad URL named."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https", "") or not parts.hostname or not parts.port:
+        raise ClientError(f"invalid URL {url!r}: expected http://HOST:PORT")
+    return parts.hostname, parts.port
+
+
+def parse_urls(value: str) -> list[str]:
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls:
+        raise ClientError("expected at least one URL")
+    for u in urls:
+        parse_url(u)
+    return urls
+
+
+def parse_initial_cluster(value: str) -> dict[str, list[str]]:
+    """``a=http://h:1,b=http://h:2`` → {"a": [...], "b": [...]} (a name may repeat for
+    several URLs, as in etcd)."""
+    members: dict[str, list[str]] = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, url = item.partition("=")
+        if not sep or not name:
+            raise ClientError(f"invalid --initial-cluster item {item!r}: expected NAME=URL")
+        parse_url(url)
+        members.setdefault(name.strip(), []).append(url.strip())
+    if not members:
+        raise ClientError("--initial-cluster is empty")
+    return members
+
+
+@dataclass(slots=True)
+class MemberConfig:
+    name: str = DEFAULT_NAME
+    data_dir: str = ""
+    listen_client_urls: str = DEFAULT_CLIENT_URL
+    advertise_client_urls: str = DEFAULT_CLIENT_URL
+    listen_peer_urls: str = DEFAULT_PEER_URL
+    initial_advertise_peer_urls: str = DEFAULT_PEER_URL
+    initial_cluster: str = ""
+    initial_cluster_state: str = "new"
+    initial_cluster_token: str = DEFAULT_TOKEN
+    heartbeat_interval_ms: int = 100
+    election_timeout_ms: int = 1000
+    snapshot_count: int = 10_000
+    snapshot_catchup_entries: int = 5_000
+    quota_backend_bytes: int = 2 * 1024**3
+    max_request_bytes: int = 1536 * 1024
+    max_txn_ops: int = 128
+    log_format: str = "console"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.data_dir:
+            self.data_dir = f"{self.name}.discoverd"
+        if not self.initial_cluster:
+            self.initial_cluster = f"{self.name}={self.initial_advertise_peer_urls.split(',')[0]}"
+
+    def validate(self) -> None:
+        """Raise ``ClientError`` naming the first bad flag."""
+        parse_urls(self.listen_client_urls)
+        parse_urls(self.listen_peer_urls)
+        parse_urls(self.initial_advertise_peer_urls)
+        members = parse_initial_cluster(self.initial_cluster)
+        if self.name not in members:
+            raise ClientError(
+                f"--initial-cluster has no entry for this member's --name {self.name!r}"
+            )
+        if self.initial_cluster_state not in ("new", "existing"):
+            raise ClientError("--initial-cluster-state must be 'new' or 'existing'")
+        if self.heartbeat_interval_ms <= 0:
+            raise ClientError("--heartbeat-interval must be positive")
+        if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
+            raise ClientError(
+                "--election-timeout must be at least 5 times --heartbeat-interval"
+            )
+        if self.snapshot_count <= 0:
+            raise ClientError("--snapshot-count must be positive")
+        if self.log_format not in ("console", "json"):
+            raise ClientError("--log-format must be 'console' or 'json'")
+
+    # -- derived
+
+    @property
+    def cluster_id(self) -> int:
+        return cluster_id_for(self.initial_cluster_token)
+
+    def members(self) -> dict[int, tuple[str, list[str]]]:
+        """Member id → (name, peer URLs) for every member of ``--initial-cluster``."""
+        return {
+            member_id_for(name, urls, self.initial_cluster_token): (name, urls)
+            for name, urls in parse_initial_cluster(self.initial_cluster).items()
+        }
+
+    @property
+    def member_id(self) -> int:
+        urls = parse_initial_cluster(self.initial_cluster)[self.name]
+        return member_id_for(self.name, urls, self.initial_cluster_token)
+
+    @property
+    def tick_seconds(self) -> float:
+        return self.heartbeat_interval_ms / 1000
+
+    @property
+    def election_ticks(self) -> int:
+        return max(2, self.election_timeout_ms // self.heartbeat_interval_ms)
+
+    @property
+    def member_dir(self) -> str:
+        return f"{self.data_dir.rstrip('/')}/member"

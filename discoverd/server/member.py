@@ -1,0 +1,199 @@
+"""``run_member``: one discoverd member as a trio program — storage, Raft loop, peer
+transport, client API — plus graceful shutdown (SIGTERM/SIGINT: hand leadership to a
+caught-up peer first, then stop).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from typing import Any
+
+import trio
+
+from discoverd import __version__
+from discoverd.consensus.raft import Config, Role
+from discoverd.errors import ClientError
+from discoverd.machine.register import RegisterMachine, encode_delete, encode_put
+from discoverd.member.core import MemberCore
+from discoverd.server.api_server import ClientApi, Handler, field
+from discoverd.server.config import MemberConfig, parse_url, parse_urls
+from discoverd.server.logs import configure_logging
+from discoverd.server.raft_loop import RaftLoop
+from discoverd.server.transport import PeerTransport
+from discoverd.storage.disk_storage import DiskStorage
+from discoverd.storage.fs import OsFS
+
+
+class Member:
+    """Everything one running member owns; built by ``run_member``."""
+
+    def __init__(self, cfg: MemberConfig, log: Any) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.log = log
+        self.cluster_id = cfg.cluster_id
+        self.member_id = cfg.member_id
+        members = cfg.members()
+        self.storage = DiskStorage(
+            OsFS(), cfg.member_dir, cluster_id=self.cluster_id, member_id=self.member_id,
+            name=cfg.name, keep_entries=cfg.snapshot_catchup_entries,
+        )
+        if self.storage.torn_tail_bytes:
+            log.warning("repaired a torn WAL tail", bytes=self.storage.torn_tail_bytes)
+        voters = tuple(sorted(members)) if cfg.initial_cluster_state == "new" else ()
+        raft_cfg = Config(
+            id=self.member_id,
+            election_ticks=cfg.election_ticks,
+            heartbeat_ticks=1,
+            voters=voters,
+        )
+        self.machine = RegisterMachine()
+        self.core = MemberCore(
+            raft_cfg, self.storage, self.machine, random.Random(),
+            snapshot_count=cfg.snapshot_count,
+            snapshot_catchup_entries=cfg.snapshot_catchup_entries,
+        )
+        self.loop = RaftLoop(self.core, self._send, tick_seconds=cfg.tick_seconds, log=log)
+        peers = {
+            mid: parse_url(urls[0]) for mid, (_, urls) in members.items() if mid != self.member_id
+        }
+        self.transport = PeerTransport(
+            cluster_id=self.cluster_id, member_id=self.member_id, peers=peers,
+            on_message=self.loop.on_message, on_unreachable=self.loop.on_unreachable,
+            on_snapshot_status=self.loop.on_snapshot_status, log=log,
+        )
+        self.api = ClientApi(self.ops(), max_request_bytes=cfg.max_request_bytes, log=log)
+
+    def _send(self, messages: list[Any]) -> None:
+        self.transport.send(messages)
+
+    # ------------------------------------------------------------------ client ops
+
+    def header(self) -> dict[str, int]:
+        return {
+            "cluster_id": self.cluster_id,
+            "member_id": self.member_id,
+            "revision": self.machine.applied,
+            "raft_term": self.core.term,
+        }
+
+    def ops(self) -> dict[str, Handler]:
+        return {
+            "status": self.op_status,
+            "put": self.op_put,
+            "get": self.op_get,
+            "delete": self.op_delete,
+        }
+
+    async def op_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        st = self.core.node.status()
+        return {
+            "header": self.header(),
+            "name": self.cfg.name,
+            "version": __version__,
+            "leader": st.leader,
+            "role": st.role.value,
+            "raft_term": st.term,
+            "raft_index": st.last_index,
+            "commit_index": st.commit,
+            "raft_applied_index": self.core.applied,
+            "voters": list(st.conf_state.voters),
+            "learners": list(st.conf_state.learners),
+            "fsyncs": self.loop.fsyncs,
+        }
+
+    async def op_put(self, req: dict[str, Any]) -> dict[str, Any]:
+        key = field(req, "key", bytes)
+        value = field(req, "value", bytes)
+        if not key:
+            raise ClientError("key is empty")
+        revision = await self.loop.propose(encode_put(key, value))
+        return {"header": {**self.header(), "revision": revision}}
+
+    async def op_delete(self, req: dict[str, Any]) -> dict[str, Any]:
+        key = field(req, "key", bytes)
+        revision = await self.loop.propose(encode_delete(key))
+        return {"header": {**self.header(), "revision": revision}}
+
+    async def op_get(self, req: dict[str, Any]) -> dict[str, Any]:
+        key = field(req, "key", bytes)
+        if not field(req, "serializable", bool, default=False):
+            await self.loop.read_barrier()
+        value = self.machine.get(key)
+        return {"header": self.header(), "value": value}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[Member] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        try:
+            async with trio.open_nursery() as nursery:
+                peer_listeners = await _listen(parse_urls(cfg.listen_peer_urls))
+                client_listeners = await _listen(parse_urls(cfg.listen_client_urls))
+                await nursery.start(self.transport.serve, peer_listeners)
+                await nursery.start(self.transport.run)
+                await nursery.start(self.loop.run)
+                await nursery.start(self.api.serve, client_listeners)
+                nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                nursery.start_soon(self._watch_removed, nursery.cancel_scope)
+                self.log.info(
+                    "member ready", version=__version__,
+                    client_urls=cfg.listen_client_urls, peer_urls=cfg.listen_peer_urls,
+                    cluster_id=f"{self.cluster_id:x}", member_id=f"{self.member_id:x}",
+                    data_dir=cfg.data_dir,
+                )
+                task_status.started(self)
+        finally:
+            self.storage.close()
+            self.log.info("member stopped")
+
+    async def _watch_removed(self, scope: trio.CancelScope) -> None:
+        await self.loop.removed.wait()
+        scope.cancel()
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.log.info("shutting down", signal=signal.Signals(signum).name)
+                await self.hand_over_leadership()
+                scope.cancel()
+                return
+
+    async def hand_over_leadership(self) -> None:
+        """If leading, transfer leadership to the most caught-up voter (bounded by an
+        election timeout) so the cluster does not wait a full timeout to notice we left."""
+        raft = self.core.node.raft
+        if raft.role is not Role.LEADER:
+            return
+        peers = [
+            (pr.match, pid) for pid, pr in raft.prs.items()
+            if pid != self.member_id and pid in raft.conf_state.voters
+        ]
+        if not peers:
+            return
+        _, target = max(peers)
+        self.log.info("transferring leadership before shutdown", to=f"{target:x}",
+                      term=self.core.term)
+        with trio.move_on_after(self.cfg.election_timeout_ms / 1000):
+            await self.loop.transfer_leadership(target)
+            self.log.info("leadership transferred", to=f"{target:x}")
+
+
+async def _listen(urls: list[str]) -> list[trio.SocketListener]:
+    listeners: list[trio.SocketListener] = []
+    for url in urls:
+        host, port = parse_url(url)
+        listeners.extend(await trio.open_tcp_listeners(port, host=host))
+    return listeners
+
+
+def serve(cfg: MemberConfig) -> None:
+    """Run a member until SIGTERM/SIGINT (the ``discoverd serve`` command)."""
+    log = configure_logging(cfg.log_format, cfg.log_level, member=cfg.name)
+
+    async def main() -> None:
+        member = Member(cfg, log)
+        await member.run()
+
+    trio.run(main)

@@ -1,0 +1,199 @@
+"""The trio half of a member: drives ``MemberCore`` with real time, a real disk and sockets.
+
+Two tasks share the core (trio runs one at a time, so the core needs no lock):
+
+* the *ticker* calls ``core.tick()`` every heartbeat interval;
+* the *ready loop* takes a Ready, sends its early messages, persists it on a worker thread
+  (the fsync), completes it (apply), sends the rest, answers waiting requests, writes a
+  snapshot when one is due — then looks for the next Ready.
+
+Everything else (peer messages from the transport, client proposals and reads) just steps the
+core and wakes the ready loop. While one Ready is being fsynced, new proposals accumulate in
+Raft's unstable log and go to disk together in the next one: batching falls out of the
+structure rather than from a timer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+
+from discoverd.consensus.messages import ConfChange, Message
+from discoverd.consensus.raft import Role
+from discoverd.member.core import MemberCore, Reply
+
+Sender = Callable[[list[Message]], None]
+
+
+class RaftLoop:
+    def __init__(
+        self,
+        core: MemberCore,
+        send: Sender,
+        *,
+        tick_seconds: float,
+        log: Any = None,
+        request_timeout: float = 5.0,
+    ) -> None:
+        self.core = core
+        self._send = send
+        self.tick_seconds = tick_seconds
+        self.request_timeout = request_timeout
+        self.log = log if log is not None else structlog.get_logger("raft")
+        self._wakeup = trio.Event()
+        self._waiters: dict[int, trio.Event] = {}
+        self._replies: dict[int, Reply] = {}
+        self._ids = itertools.count(1)
+        self.removed = trio.Event()
+        self.leader_changes = 0
+        self.proposals_committed = 0
+        self.fsyncs = 0
+        self.fsync_seconds = 0.0
+        self.readys = 0
+        self._last_soft: tuple[int, Role] | None = None
+        self._role_changed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<RaftLoop {self.core!r} waiters={len(self._waiters)}>"
+
+    # ------------------------------------------------------------------ inputs
+
+    def kick(self) -> None:
+        self._wakeup.set()
+
+    def on_message(self, msg: Message) -> None:
+        """Transport callback: step a peer's message."""
+        self.core.step(msg)
+        self.kick()
+
+    def on_unreachable(self, peer: int) -> None:
+        self.core.report_unreachable(peer)
+
+    def on_snapshot_status(self, peer: int, ok: bool) -> None:
+        self.core.report_snapshot(peer, ok)
+        self.kick()
+
+    async def propose(self, data: bytes) -> Any:
+        """Replicate ``data`` and return the state machine's result for it. Bound the wait
+        with a cancel scope; a cancelled write may still be applied later.
+
+        Raises:
+            NotLeader: no leader is known (nothing was proposed).
+            ProposalDropped: the proposal was lost to a leader change or a snapshot.
+        """
+        rid = next(self._ids)
+        self.core.propose(rid, data)
+        return await self._wait(rid)
+
+    async def propose_conf_change(self, cc: ConfChange) -> Any:
+        rid = next(self._ids)
+        self.core.propose_conf_change(rid, cc)
+        return await self._wait(rid)
+
+    async def read_barrier(self) -> int:
+        """Wait until a linearizable read may be served locally; returns the read index."""
+        rid = next(self._ids)
+        self.core.read(rid)
+        return int(await self._wait(rid))
+
+    async def _wait(self, rid: int) -> Any:
+        event = self._waiters[rid] = trio.Event()
+        self.kick()
+        try:
+            await event.wait()
+        finally:
+            self._waiters.pop(rid, None)
+            reply = self._replies.pop(rid, None)
+            if reply is None:
+                self.core.cancel(rid)
+        assert reply is not None
+        if reply.error is not None:
+            raise reply.error
+        return reply.result
+
+    async def transfer_leadership(self, target: int) -> None:
+        """Ask ``target`` to take over and wait until this member no longer leads (bound it
+        with a cancel scope: a transfer gives up after an election timeout)."""
+        self.core.transfer_leader(target)
+        self.kick()
+        while self.core.is_leader:
+            await self._role_changed.wait()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ticker)
+            nursery.start_soon(self._ready_loop)
+            task_status.started()
+
+    async def _ticker(self) -> None:
+        next_tick = trio.current_time()
+        while True:
+            next_tick += self.tick_seconds
+            await trio.sleep_until(next_tick)
+            now = trio.current_time()
+            if now - next_tick > 5 * self.tick_seconds:
+                # We were paused (SIGSTOP, a long GC): do not fire a burst of ticks.
+                next_tick = now
+            self.core.tick()
+            self.kick()
+
+    async def _ready_loop(self) -> None:
+        core = self.core
+        while True:
+            if not core.has_ready():
+                self._wakeup = trio.Event()
+                if not core.has_ready():
+                    await self._wakeup.wait()
+                continue
+            rd = core.begin()
+            self.readys += 1
+            if rd.early_messages:
+                self._send(rd.early_messages)
+            if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+                started = trio.current_time()
+                await trio.to_thread.run_sync(core.persist, rd)
+                if rd.must_sync:
+                    self.fsyncs += 1
+                    self.fsync_seconds += trio.current_time() - started
+            done = core.complete(rd)
+            if done.messages:
+                self._send(done.messages)
+            if done.soft_state is not None:
+                self._log_soft_state(done.soft_state.leader, done.soft_state.role)
+            for reply in done.replies:
+                self._deliver(reply)
+            if done.snapshot is not None:
+                await trio.to_thread.run_sync(core.storage.write_snapshot, done.snapshot)
+                core.snapshot_written(done.snapshot, done.compact_to)
+                self.log.info("snapshot saved", index=done.snapshot.meta.index,
+                              compacted_to=done.compact_to, term=core.term)
+            if done.removed:
+                self.log.warning("this member was removed from the cluster; stopping",
+                                 term=core.term, index=core.applied)
+                self.removed.set()
+                return
+
+    def _deliver(self, reply: Reply) -> None:
+        event = self._waiters.get(reply.request_id)
+        if event is None:
+            return  # its requester gave up
+        if reply.error is None:
+            self.proposals_committed += 1
+        self._replies[reply.request_id] = reply
+        event.set()
+
+    def _log_soft_state(self, leader: int, role: Role) -> None:
+        if self._last_soft is not None and self._last_soft[0] != leader:
+            self.leader_changes += 1
+        self._last_soft = (leader, role)
+        self._role_changed.set()
+        self._role_changed = trio.Event()
+        self.log.info("raft state", role=role.value, leader=f"{leader:x}", term=self.core.term,
+                      commit=self.core.raft_log.committed, applied=self.core.applied)
+

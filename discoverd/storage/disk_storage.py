@@ -1,0 +1,347 @@
+"""DiskStorage: Raft's ``LogStorage`` backed by the WAL and snapshot files.
+
+Reads are served from an in-memory ``MemoryStorage`` (the reference implementation, reused
+rather than re-derived, so the index arithmetic exists once). Writes go to disk first and
+reach the in-memory copy only after they succeeded, so what Raft reads never runs ahead of
+what a failed call left on disk.
+
+Write ordering, the part that makes recovery sound:
+
+* ``save`` (a ``Ready``): a received snapshot's file is written completely first; then one
+  WAL record holds the snapshot's marker, the entries and the hard state — one write, one
+  fsync. Until that record is durable the snapshot file is not referenced by the WAL, and
+  recovery ignores (deletes) snapshot files the WAL does not mention.
+* ``create_snapshot`` (a local compaction): snapshot file, then a WAL marker (fsynced), then
+  the in-memory log is compacted and WAL segments that only hold older entries are deleted.
+
+Recovery: the newest intact snapshot the WAL has a marker for, then the WAL's entries after
+it. The in-memory log keeps up to ``keep_entries`` entries before the snapshot (so slow
+followers can catch up without a snapshot), as far as the WAL still has them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import posixpath
+from collections.abc import Sequence
+
+from discoverd.consensus.messages import (
+    ConfState,
+    Entry,
+    HardState,
+    Snapshot,
+    SnapshotMeta,
+)
+from discoverd.consensus.storage import MemoryStorage
+from discoverd.errors import CorruptData
+from discoverd.storage.fs import FileSystem, ensure_dir
+from discoverd.storage.meta import MemberMeta, check_meta, write_meta
+from discoverd.storage.snapshot import SnapshotStore
+from discoverd.storage.wal import DEFAULT_SEGMENT_BYTES, WAL, SnapshotMarker, WalReplay
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEEP_ENTRIES = 5000
+"""Entries kept before a new snapshot, as etcd's ``SnapshotCatchUpEntries``."""
+
+DEFAULT_KEEP_SNAPSHOTS = 5
+"""Snapshot files kept, as etcd's ``--max-snapshots``."""
+
+
+class DiskStorage:
+    """A member's durable Raft state: implements ``LogStorage`` plus the write side.
+
+    Construction recovers from disk (and creates the layout on first start). Not
+    thread-safe: Raft's reads and the runtime's writes must not overlap.
+    """
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        member_dir: str,
+        *,
+        cluster_id: int,
+        member_id: int,
+        name: str = "",
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        keep_entries: int = DEFAULT_KEEP_ENTRIES,
+        keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
+    ) -> None:
+        """Open (or create) ``member_dir`` with ``meta``, ``wal/`` and ``snap/`` inside.
+
+        Raises:
+            CorruptData: the directory belongs to another cluster or member, a WAL record
+                or the log is damaged beyond a torn tail, or the snapshot the WAL needs is
+                missing or broken.
+            OSError: the file system failed.
+        """
+        if keep_entries < 0 or keep_snapshots < 1:
+            raise ValueError(f"need keep_entries >= 0 and keep_snapshots >= 1, got "
+                             f"{keep_entries} and {keep_snapshots}")
+        self._keep_entries = keep_entries
+        self._keep_snapshots = keep_snapshots
+        self._dir = member_dir
+        ensure_dir(fs, member_dir)
+        meta_path = posixpath.join(member_dir, "meta")
+        identity = MemberMeta(cluster_id, member_id, name)
+        meta_found = check_meta(fs, meta_path, identity)
+        self._snaps = SnapshotStore(fs, posixpath.join(member_dir, "snap"))
+        wal_dir = posixpath.join(member_dir, "wal")
+        self._wal, replay = WAL.open(fs, wal_dir, cluster_id=cluster_id, member_id=member_id,
+                                     segment_bytes=segment_bytes)
+        try:
+            self._mem = self._recover(replay, wal_dir)
+            if meta_found is None:
+                write_meta(fs, meta_path, identity)
+        except BaseException:
+            self._wal.close()
+            raise
+        self.torn_tail_bytes = replay.torn_tail_bytes
+        """Bytes of a torn WAL tail cut off during recovery (0 after a clean shutdown)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"<DiskStorage {self._dir} hs={self._mem.hard_state} "
+            f"first={self.first_index()} last={self.last_index()} "
+            f"snap={self._mem.snapshot().meta.index}>"
+        )
+
+    # -- LogStorage (read side)
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self._mem.initial_state()
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        return self._mem.entries(lo, hi, max_bytes)
+
+    def term(self, index: int) -> int:
+        return self._mem.term(index)
+
+    def first_index(self) -> int:
+        return self._mem.first_index()
+
+    def last_index(self) -> int:
+        return self._mem.last_index()
+
+    def snapshot(self) -> Snapshot:
+        return self._mem.snapshot()
+
+    @property
+    def hard_state(self) -> HardState:
+        return self._mem.hard_state
+
+    # -- write side
+
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None = None,
+        *,
+        must_sync: bool = True,
+    ) -> None:
+        """Persist one ``Ready``: the snapshot (if any) first, then entries and hard state.
+
+        A snapshot at or below the current one is ignored, as ``MemoryStorage`` does.
+
+        Raises:
+            OSError: nothing new is promised durable and the in-memory log is unchanged.
+                After a failed write (e.g. ENOSPC) the storage stays usable; after a failed
+                fsync every later call raises and the member must restart.
+        """
+        self.persist(hard_state, entries, snapshot, must_sync=must_sync)
+        self.persisted(hard_state, entries, snapshot)
+
+    # -- the MemberStorage split (member/core.py): the I/O half may run on a worker thread
+    #    while Raft keeps reading the in-memory log; the memory half runs afterwards on the
+    #    member's own thread. Together they are exactly ``save``.
+
+    def persist(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+        *,
+        must_sync: bool,
+    ) -> None:
+        """The disk half of ``save``: reads the in-memory log, never changes it."""
+        installed = self._installed_marker(snapshot)
+        next_index = installed.index + 1 if installed else self._mem.last_index() + 1
+        assert not entries or entries[0].index <= next_index, (
+            f"entries start at {entries[0].index}, leaving a gap after {next_index - 1}"
+        )
+        if snapshot is not None and installed is not None:
+            self._snaps.save(snapshot)
+        self._wal.save(hard_state, entries, must_sync, installed_snapshot=installed)
+
+    def persisted(
+        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+    ) -> None:
+        """The memory half of ``save``, after ``persist`` succeeded."""
+        if snapshot is not None and self._installed_marker(snapshot) is not None:
+            self._mem.apply_snapshot(snapshot)
+        self._mem.append(list(entries))
+        if hard_state is not None:
+            self._mem.set_hard_state(hard_state)
+
+    def _installed_marker(self, snapshot: Snapshot | None) -> SnapshotMarker | None:
+        if snapshot is not None and snapshot.meta.index > self._mem.snapshot().meta.index:
+            return SnapshotMarker(index=snapshot.meta.index, term=snapshot.meta.term)
+        return None
+
+    def write_snapshot(self, snap: Snapshot) -> None:
+        """The disk half of ``create_snapshot`` for an image the member already built."""
+        if snap.meta.index <= self._mem.snapshot().meta.index:
+            return
+        self._snaps.save(snap)
+        self._wal.save_snapshot_marker(SnapshotMarker(index=snap.meta.index, term=snap.meta.term))
+
+    def snapshot_written(self, snap: Snapshot, compact_to: int) -> None:
+        """The memory half: adopt ``snap``, compact up to ``compact_to`` (never past the
+        snapshot), then delete WAL segments and snapshot files no longer needed."""
+        meta = snap.meta
+        if meta.index > self._mem.snapshot().meta.index:
+            self._mem.create_snapshot(meta.index, meta.conf_state, snap.data)
+        compact_to = min(compact_to, meta.index)
+        if compact_to >= self._mem.first_index():
+            self._mem.compact(compact_to)
+        self._release_old_files()
+
+    def sync(self) -> None:
+        """Make earlier ``must_sync=False`` saves durable."""
+        self._wal.sync()
+
+    def create_snapshot(self, index: int, conf_state: ConfState, data: bytes) -> Snapshot:
+        """Record the state machine's image at applied ``index`` and compact the log.
+
+        Keeps ``keep_entries`` entries before ``index`` and deletes WAL segments and
+        snapshot files that are no longer needed. A failure of that clean-up is only
+        logged: the snapshot is durable by then, and the next one retries.
+
+        Raises:
+            OSError: writing the snapshot file or its WAL marker failed; nothing changed
+                in memory.
+        """
+        current = self._mem.snapshot()
+        if index <= current.meta.index:
+            return current
+        assert index <= self._mem.last_index(), (
+            f"snapshot {index} is past the last index {self._mem.last_index()}"
+        )
+        marker = SnapshotMarker(index=index, term=self._mem.term(index))
+        self._snaps.save(Snapshot(SnapshotMeta(index, marker.term, conf_state), data))
+        self._wal.save_snapshot_marker(marker)
+        snap = self._mem.create_snapshot(index, conf_state, data)
+        compact_to = index - self._keep_entries
+        if compact_to >= self._mem.first_index():
+            self._mem.compact(compact_to)
+        self._release_old_files()
+        return snap
+
+    def close(self) -> None:
+        self._wal.close()
+
+    # -- internals
+
+    def _release_old_files(self) -> None:
+        # The WAL keeps the entry the in-memory dummy stands for, so that a restart can
+        # rebuild the same first index with the right term.
+        dummy_index = self._mem.first_index() - 1
+        try:
+            self._wal.release_to(dummy_index - 1)
+            self._snaps.purge(self._keep_snapshots)
+        except OSError as exc:
+            log.warning("storage: clean-up after a snapshot failed (retried next time): %s",
+                        exc)
+
+    def _recover(self, replay: WalReplay, wal_dir: str) -> MemoryStorage:
+        if replay.created and self._snaps.markers():
+            raise CorruptData(
+                f"{wal_dir}: no WAL, but there are snapshot files; refusing to start "
+                f"without the log they belong to"
+            )
+        self._remove_unreferenced_snapshots(replay.snapshots)
+        snap = self._snaps.load_newest(allowed=set(replay.snapshots))
+        return rebuild_log(replay, snap, self._keep_entries, wal_dir)
+
+    def _remove_unreferenced_snapshots(self, markers: Sequence[SnapshotMarker]) -> None:
+        """Delete snapshot files newer than the WAL's newest marker.
+
+        Their write finished but the WAL record that would have made them part of the
+        state never did, so nothing was acknowledged from them. Left in place, they would
+        look like the newest files and ``purge`` would keep them instead of real ones.
+        """
+        newest = markers[-1] if markers else SnapshotMarker(index=0, term=0)
+        for found in self._snaps.markers():
+            if found.index > newest.index or (found.index == newest.index and found != newest):
+                log.warning("storage: removing snapshot %s: the WAL never recorded it", found)
+                self._snaps.remove(found)
+
+
+def rebuild_log(
+    replay: WalReplay, snap: Snapshot | None, keep_entries: int, wal_dir: str
+) -> MemoryStorage:
+    """The in-memory log after a restart: ``snap`` plus the WAL's entries.
+
+    Raises:
+        CorruptData: the WAL does not reach back to the snapshot, or disagrees with it.
+    """
+    base = snap.meta if snap is not None else SnapshotMeta()
+    entries = replay.entries
+    _check_wal_covers(entries, base, wal_dir, has_snapshot=snap is not None)
+    dummy_index, dummy_term = _choose_dummy(replay, base, keep_entries)
+    mem = MemoryStorage()
+    if dummy_index == base.index and snap is not None:
+        mem.apply_snapshot(snap)
+    elif dummy_index > 0:
+        mem.apply_snapshot(Snapshot(SnapshotMeta(index=dummy_index, term=dummy_term)))
+    mem.append([e for e in entries if e.index > dummy_index])
+    if snap is not None and dummy_index < base.index:
+        mem.create_snapshot(base.index, base.conf_state, snap.data)
+    hard_state = replay.hard_state or HardState()
+    if hard_state.commit < base.index:
+        # A snapshot only ever holds committed entries, so its index is a safe lower bound;
+        # Raft refuses to start with a commit index below its snapshot.
+        hard_state = dataclasses.replace(hard_state, commit=base.index)
+    mem.set_hard_state(hard_state)
+    return mem
+
+
+def _check_wal_covers(
+    entries: Sequence[Entry], base: SnapshotMeta, wal_dir: str, *, has_snapshot: bool
+) -> None:
+    if not entries:
+        return
+    lo, last = entries[0].index, entries[-1].index
+    if last > base.index and lo > base.index + 1:
+        what = f"the snapshot ends at index {base.index}" if has_snapshot else "no usable snapshot"
+        raise CorruptData(
+            f"{wal_dir}: the WAL starts at index {lo} but {what}: entries "
+            f"{base.index + 1}..{lo - 1} are lost"
+        )
+    if has_snapshot and lo <= base.index <= last and entries[base.index - lo].term != base.term:
+        raise CorruptData(
+            f"{wal_dir}: the WAL has term {entries[base.index - lo].term} at index "
+            f"{base.index}, the snapshot says term {base.term}"
+        )
+
+
+def _choose_dummy(replay: WalReplay, base: SnapshotMeta, keep_entries: int) -> tuple[int, int]:
+    """Where the in-memory log starts: ``(index, term)`` of its dummy entry.
+
+    As far back as ``keep_entries`` before the snapshot, but only to an index whose term is
+    known (an entry in the WAL, a snapshot marker, or 0) with every entry after it present.
+    """
+    entries = replay.entries
+    if not entries or entries[0].index > base.index or entries[-1].index < base.index:
+        return base.index, base.term
+    lo = entries[0].index
+    dummy_index = max(base.index - keep_entries, lo - 1)
+    if dummy_index >= lo:
+        return dummy_index, entries[dummy_index - lo].term
+    known_terms = {m.index: m.term for m in replay.snapshots}
+    known_terms[0] = 0
+    if dummy_index in known_terms:
+        return dummy_index, known_terms[dummy_index]
+    return lo, entries[0].term

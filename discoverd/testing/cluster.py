@@ -1,0 +1,289 @@
+"""Clusters of real ``discoverd serve`` processes on 127.0.0.1, for tests and benchmarks.
+
+``ProcessCluster`` picks free ports, starts members as subprocesses (logs to files in their
+data dirs), and offers the faults tests need: ``kill`` (SIGKILL), ``pause``/``resume``
+(SIGSTOP/SIGCONT), ``stop`` (SIGTERM, graceful), ``restart``. ``NativeClient`` is a minimal
+blocking client of the native protocol — just enough to drive and observe a member; the SDK
+(``discoverd.sdk``) is what applications use.
+
+Every wait is bounded: ``wait_for`` polls a condition until a deadline and then fails with
+what it last saw, so a broken cluster fails a test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cbor2
+
+T = TypeVar("T")
+
+
+class ClientFailure(Exception):
+    """The member answered with an error (``code`` is the protocol's error code)."""
+
+    def __init__(self, code: str, message: str, leader: int = 0) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.leader = leader
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], *, timeout: float = 20.0, interval: float = 0.05
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = probe()
+            if result:
+                return result
+        except (OSError, ClientFailure) as e:
+            last_error = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                                 + (f" (last error: {last_error})" if last_error else ""))
+        time.sleep(interval)
+
+
+class NativeClient:
+    """One connection to one member; requests are sent and answered one at a time."""
+
+    def __init__(self, port: int, *, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.sendall(b"DSC1")
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> NativeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send_raw(self, payload: bytes) -> None:
+        self.sock.sendall(struct.pack(">I", len(payload)) + payload)
+
+    def read_frame(self) -> Any:
+        header = self._recv_exact(4)
+        (size,) = struct.unpack(">I", header)
+        return cbor2.loads(self._recv_exact(size))
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("member closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        rid = next(self._ids)
+        self.send_raw(cbor2.dumps({"id": rid, "op": op, **fields}))
+        answer = self.read_frame()
+        if "err" in answer:
+            err = answer["err"]
+            raise ClientFailure(err.get("code", "?"), err.get("message", ""),
+                                err.get("leader", 0))
+        assert answer["id"] == rid, f"answer for {answer['id']}, expected {rid}"
+        result: dict[str, Any] = answer["ok"]
+        return result
+
+    def put(self, key: bytes, value: bytes) -> int:
+        return int(self.call("put", key=key, value=value)["header"]["revision"])
+
+    def get(self, key: bytes, *, serializable: bool = False) -> bytes | None:
+        value = self.call("get", key=key, serializable=serializable)["value"]
+        return None if value is None else bytes(value)
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+
+@dataclass
+class MemberProcess:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(default_factory=Path)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def client(self, timeout: float = 5.0) -> NativeClient:
+        return NativeClient(self.client_port, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        with self.client(timeout=2.0) as c:
+            return c.status()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class ProcessCluster:
+    """N members of one cluster, each a ``python -m discoverd serve`` subprocess."""
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        *,
+        token: str = "test-cluster",
+        heartbeat_ms: int = 50,
+        election_ms: int = 500,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.root = root
+        self.token = token
+        self.members: list[MemberProcess] = []
+        names = [f"m{i}" for i in range(1, size + 1)]
+        ports = {n: (free_port(), free_port()) for n in names}
+        initial = ",".join(f"{n}=http://127.0.0.1:{ports[n][1]}" for n in names)
+        for n in names:
+            cport, pport = ports[n]
+            data_dir = root / f"{n}.discoverd"
+            args = [
+                "--name", n, "--data-dir", str(data_dir),
+                "--listen-client-urls", f"http://127.0.0.1:{cport}",
+                "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+                "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+                "--initial-cluster", initial,
+                "--initial-cluster-token", token,
+                "--heartbeat-interval", str(heartbeat_ms),
+                "--election-timeout", str(election_ms),
+                *(extra_args or []),
+            ]
+            self.members.append(MemberProcess(n, cport, pport, data_dir, args,
+                                              log_path=root / f"{n}.log"))
+        self.election_s = election_ms / 1000
+
+    def __enter__(self) -> ProcessCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def member(self, name: str) -> MemberProcess:
+        return next(m for m in self.members if m.name == name)
+
+    # -- process control
+
+    def start(self, m: MemberProcess, *extra: str) -> None:
+        assert not m.running, f"{m.name} is already running"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        log = m.log_path.open("ab")
+        m.proc = subprocess.Popen(
+            [sys.executable, "-m", "discoverd.cli", "serve", *m.args, *extra],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        log.close()
+
+    def start_all(self) -> None:
+        for m in self.members:
+            self.start(m)
+
+    def kill(self, m: MemberProcess) -> None:
+        """SIGKILL: no flush, no goodbye — what a crash looks like to the others."""
+        assert m.proc is not None
+        m.proc.kill()
+        m.proc.wait(10)
+
+    def stop(self, m: MemberProcess, *, timeout: float = 15.0) -> int:
+        """SIGTERM, then wait for a graceful exit; returns the exit code."""
+        assert m.proc is not None
+        m.proc.send_signal(signal.SIGTERM)
+        return m.proc.wait(timeout)
+
+    def pause(self, m: MemberProcess) -> None:
+        assert m.proc is not None
+        m.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, m: MemberProcess) -> None:
+        assert m.proc is not None
+        m.proc.send_signal(signal.SIGCONT)
+
+    def restart(self, m: MemberProcess) -> None:
+        if m.running:
+            self.kill(m)
+        self.start(m)
+
+    def close(self) -> None:
+        for m in self.members:
+            if m.proc is not None and m.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    m.proc.send_signal(signal.SIGCONT)
+                m.proc.kill()
+                m.proc.wait(10)
+
+    # -- observation
+
+    def running(self) -> list[MemberProcess]:
+        return [m for m in self.members if m.running]
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for m in self.running():
+            with contextlib.suppress(OSError, ClientFailure):
+                out[m.name] = m.status()
+        return out
+
+    def leader(self, among: list[MemberProcess] | None = None) -> MemberProcess | None:
+        """The member that says it leads, if exactly one of ``among`` (default: all
+        running) does and every answering member agrees on its id."""
+        candidates = among if among is not None else self.running()
+        seen: dict[str, dict[str, Any]] = {}
+        for m in candidates:
+            with contextlib.suppress(OSError, ClientFailure):
+                seen[m.name] = m.status()
+        leaders = [n for n, st in seen.items() if st["role"] == "leader"]
+        if len(leaders) != 1:
+            return None
+        lead = self.member(leaders[0])
+        lead_id = seen[lead.name]["header"]["member_id"]
+        if any(st["leader"] != lead_id for st in seen.values()):
+            return None
+        return lead
+
+    def wait_for_leader(
+        self, among: list[MemberProcess] | None = None, timeout: float = 20.0
+    ) -> MemberProcess:
+        return wait_for("a single agreed leader", lambda: self.leader(among), timeout=timeout)
+
+    def wait_ready(self, m: MemberProcess, timeout: float = 20.0) -> dict[str, Any]:
+        return wait_for(f"{m.name} to answer", m.status, timeout=timeout)
+
+    @contextlib.contextmanager
+    def client_of(self, m: MemberProcess) -> Iterator[NativeClient]:
+        c = m.client()
+        try:
+            yield c
+        finally:
+            c.close()

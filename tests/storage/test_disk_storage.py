@@ -1,0 +1,298 @@
+"""DiskStorage: the LogStorage Raft reads, the Ready contract it persists, and recovery."""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+from pathlib import Path
+from typing import Any
+
+import pytest
+from storage_testkit import CountingFS, ents, view
+
+from discoverd.consensus.messages import ConfState, HardState, Snapshot, SnapshotMeta
+from discoverd.consensus.storage import LogStorage, MemoryStorage
+from discoverd.errors import Compacted, CorruptData, LogUnavailable
+from discoverd.storage.disk_storage import DiskStorage
+from discoverd.storage.fs import FileSystem, OsFS
+from discoverd.storage.meta import MemberMeta, read_meta
+from discoverd.testing.simfs import SimFS
+
+MEMBER = "/data/member"
+CS = ConfState(voters=(1, 2, 3))
+
+
+def _open(fs: FileSystem, member_dir: str = MEMBER, **kw: Any) -> DiskStorage:
+    return DiskStorage(fs, member_dir, **{"cluster_id": 0xAB, "member_id": 1, **kw})
+
+
+def _as_log_storage(s: DiskStorage) -> LogStorage:
+    return s  # mypy checks that DiskStorage satisfies the protocol
+
+
+def test_reads_behave_exactly_like_memory_storage() -> None:
+    disk, mem = _open(SimFS()), MemoryStorage()
+    steps = [
+        (HardState(term=1, vote=1), ents(1, 1, 5)),
+        (HardState(term=2, vote=2, commit=3), ents(2, 4, 6)),  # overwrite 4..5
+        (None, ents(2, 7, 9)),
+    ]
+    for hs, batch in steps:
+        disk.save(hs, batch)
+        if hs is not None:
+            mem.set_hard_state(hs)
+        mem.append(batch)
+    assert view(_as_log_storage(disk)) == view(mem)
+    disk.create_snapshot(5, CS, b"five")
+    mem.create_snapshot(5, CS, b"five")
+    assert disk.snapshot() == mem.snapshot()
+    assert disk.entries(2, 8, max_bytes=10) == mem.entries(2, 8, max_bytes=10)
+    for storage in (disk, mem):
+        with pytest.raises(LogUnavailable):
+            storage.term(10)
+        with pytest.raises(LogUnavailable):
+            storage.entries(3, 11)
+        with pytest.raises(Compacted):
+            storage.entries(0, 2)
+
+
+def test_restart_recovers_log_and_hard_state() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=1, vote=1, commit=0), ents(1, 1, 3))
+    disk.save(HardState(term=2, vote=3, commit=3), ents(2, 4, 4))
+    before = view(disk)
+    disk.close()
+    fs.crash()
+    assert view(_open(fs)) == before
+
+
+def test_each_save_is_one_write_and_one_fsync() -> None:
+    fs = CountingFS(SimFS())
+    disk = _open(fs)
+    for i in range(1, 6):
+        fs.reset()
+        disk.save(HardState(term=1, vote=1, commit=i - 1), ents(1, 3 * i - 2, 3 * i))
+        assert fs.counts == {"write": 1, "fsync": 1}, fs.counts
+
+
+def test_crash_before_fsync_loses_the_entries_but_not_the_synced_hard_state() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=4, vote=2, commit=1), ents(4, 1, 2))
+    disk.save(HardState(term=5, vote=3, commit=2), ents(5, 3, 6), must_sync=False)
+    assert disk.last_index() == 6  # Raft may read what it handed over
+    fs.crash()
+    disk = _open(fs)
+    assert disk.initial_state()[0] == HardState(term=4, vote=2, commit=1)
+    assert disk.last_index() == 2
+    assert disk.entries(1, 3) == ents(4, 1, 2)
+
+
+def test_conflicting_suffix_overwrite_survives_restart() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=1), ents(1, 1, 8))
+    disk.save(HardState(term=3), ents(3, 5, 6))
+    expected = ents(1, 1, 4) + ents(3, 5, 6)
+    assert disk.entries(1, 7) == expected
+    fs.crash()
+    disk = _open(fs)
+    assert disk.last_index() == 6
+    assert disk.entries(1, 7) == expected
+
+
+def test_snapshot_and_restart_recover_the_exact_log_and_hard_state() -> None:
+    fs = SimFS()
+    disk = _open(fs, segment_bytes=150, keep_entries=3)
+    for i in range(1, 41):
+        disk.save(HardState(term=2, vote=1, commit=i - 1), ents(2, i, i))
+        if i % 10 == 0:
+            disk.create_snapshot(i - 2, CS, b"applied@%d" % (i - 2))
+    before = view(disk)
+    assert before.snapshot.meta == SnapshotMeta(index=38, term=2, conf_state=CS)
+    assert before.first_index == 36  # 38 - keep_entries + 1
+    wal_files = fs.listdir(posixpath.join(MEMBER, "wal"))
+    assert int(wal_files[0].split("-")[0], 16) > 0, "old segments were released"
+    fs.crash()
+    after = _open(fs, segment_bytes=150, keep_entries=3)
+    assert view(after) == before
+    assert after.initial_state() == (before.hard_state, CS)
+    with pytest.raises(Compacted):
+        after.entries(35, 37)
+
+
+def test_installed_snapshot_replaces_the_log_and_survives_restart() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=1, vote=1, commit=2), ents(1, 1, 6))
+    snap = Snapshot(SnapshotMeta(index=50, term=3, conf_state=CS), b"leader state")
+    disk.save(HardState(term=3, vote=0, commit=50), ents(3, 51, 52), snap)
+    before = view(disk)
+    assert (before.first_index, before.last_index, before.snapshot) == (51, 52, snap)
+    fs.crash()
+    after = _open(fs)
+    assert view(after) == before
+    snap_files = fs.listdir(posixpath.join(MEMBER, "snap"))
+    assert snap_files == ["0000000000000003-0000000000000032.snap"]
+
+
+def test_snapshot_received_with_hard_state_unchanged_still_starts_with_commit_at_it() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=3, vote=0, commit=0), [])
+    disk.save(None, [], Snapshot(SnapshotMeta(index=9, term=3, conf_state=CS), b"s"))
+    fs.crash()
+    assert _open(fs).initial_state()[0] == HardState(term=3, vote=0, commit=9)
+
+
+def test_snapshot_file_without_its_wal_record_is_ignored_and_removed() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=1, commit=5), ents(1, 1, 5))
+    fs.fail_next("write", OSError(errno.EIO, "marker write failed"),
+                 path_prefix=posixpath.join(MEMBER, "wal"))
+    with pytest.raises(OSError, match="marker write failed"):
+        disk.create_snapshot(4, CS, b"never recorded")
+    assert disk.snapshot() == Snapshot(), "a failed snapshot must not show in memory"
+    assert fs.listdir(posixpath.join(MEMBER, "snap")) == ["0000000000000001-0000000000000004.snap"]
+    fs.crash()
+    disk = _open(fs)
+    assert disk.snapshot() == Snapshot()
+    assert fs.listdir(posixpath.join(MEMBER, "snap")) == []
+    assert disk.entries(1, 6) == ents(1, 1, 5)
+
+
+def test_broken_snapshot_falls_back_while_the_wal_still_reaches_back() -> None:
+    fs = SimFS()
+    disk = _open(fs, keep_entries=100)
+    disk.save(HardState(term=1, commit=9), ents(1, 1, 9))
+    disk.create_snapshot(4, CS, b"four")
+    disk.create_snapshot(8, CS, b"eight")
+    before = view(disk)
+    fs.crash()
+    fs.corrupt_byte(posixpath.join(MEMBER, "snap", "0000000000000001-0000000000000008.snap"), 9)
+    after = _open(fs, keep_entries=100)
+    assert after.snapshot().data == b"four"
+    assert after.entries(1, 10) == list(before.entries)
+
+
+def test_broken_snapshot_without_the_entries_it_covers_is_refused() -> None:
+    fs = SimFS()
+    disk = _open(fs, segment_bytes=100, keep_entries=0, keep_snapshots=1)
+    for i in range(1, 21):
+        disk.save(HardState(term=1, commit=i), ents(1, i, i))
+    disk.create_snapshot(18, CS, b"eighteen")
+    fs.crash()
+    fs.corrupt_byte(posixpath.join(MEMBER, "snap", "0000000000000001-0000000000000012.snap"), 9)
+    with pytest.raises(CorruptData, match=r"WAL starts at index \d+ but no usable snapshot"):
+        _open(fs, segment_bytes=100, keep_entries=0, keep_snapshots=1)
+
+
+def test_snapshot_files_without_any_wal_are_refused() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=1, commit=3), ents(1, 1, 3))
+    disk.create_snapshot(3, CS, b"x")
+    disk.close()
+    wal_dir = posixpath.join(MEMBER, "wal")
+    for name in fs.listdir(wal_dir):
+        fs.remove(posixpath.join(wal_dir, name))
+    with pytest.raises(CorruptData, match="no WAL, but there are snapshot files"):
+        _open(fs)
+
+
+def test_another_members_data_dir_is_refused_with_a_clear_message() -> None:
+    fs = SimFS()
+    _open(fs, name="alpha").save(HardState(term=1), ents(1, 1, 1))
+    assert read_meta(fs, posixpath.join(MEMBER, "meta")) == MemberMeta(0xAB, 1, "alpha")
+    with pytest.raises(CorruptData, match=r"belongs to cluster 0xab member 0x1 \('alpha'\)"):
+        _open(fs, member_id=2)
+    with pytest.raises(CorruptData, match="belongs to cluster 0xab member 0x1"):
+        _open(fs, cluster_id=0xAC)
+    fs.remove(posixpath.join(MEMBER, "meta"))  # without the meta file, the WAL header refuses
+    with pytest.raises(CorruptData, match="this WAL belongs to cluster 0xab member 0x1"):
+        _open(fs, member_id=2)
+    assert not fs.exists(posixpath.join(MEMBER, "meta")), "a refused start must not claim"
+    _open(fs, name="alpha")  # the rightful owner still starts, and rewrites the file
+    assert read_meta(fs, posixpath.join(MEMBER, "meta")) == MemberMeta(0xAB, 1, "alpha")
+
+
+def test_enospc_during_save_raises_cleanly_and_storage_keeps_working() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=1, vote=1, commit=1), ents(1, 1, 2))
+    before = view(disk)
+    fs.space_left_bytes = 16
+    with pytest.raises(OSError, match="no space left") as info:
+        disk.save(HardState(term=1, vote=1, commit=2), ents(1, 3, 6))
+    assert info.value.errno == errno.ENOSPC
+    assert view(disk) == before, "a failed save must not show in memory"
+    fs.space_left_bytes = None
+    disk.save(HardState(term=1, vote=1, commit=3), ents(1, 3, 3))
+    expected = view(disk)
+    fs.crash()
+    recovered = _open(fs)
+    assert view(recovered) == expected
+    assert recovered.torn_tail_bytes == 0
+
+
+def test_enospc_while_writing_a_received_snapshot_changes_nothing() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=1, commit=1), ents(1, 1, 2))
+    before = view(disk)
+    fs.space_left_bytes = 10
+    snap = Snapshot(SnapshotMeta(index=20, term=2, conf_state=CS), b"z" * 100)
+    with pytest.raises(OSError, match="no space left"):
+        disk.save(HardState(term=2, commit=20), [], snap)
+    assert view(disk) == before
+    fs.space_left_bytes = None
+    fs.crash()
+    assert view(_open(fs)) == before
+    assert fs.listdir(posixpath.join(MEMBER, "snap")) == []
+
+
+def test_a_received_snapshot_is_on_disk_before_the_wal_mentions_it() -> None:
+    """If writing the snapshot file fails, the WAL must not reference it: otherwise the
+    next start would find a log that begins after a snapshot it cannot load."""
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=1, commit=1), ents(1, 1, 2))
+    before = view(disk)
+    fs.fail_next("fsync", OSError(errno.EIO, "snapshot fsync failed"),
+                 path_prefix=posixpath.join(MEMBER, "snap"))
+    snap = Snapshot(SnapshotMeta(index=20, term=2, conf_state=CS), b"leader")
+    with pytest.raises(OSError, match="snapshot fsync failed"):
+        disk.save(HardState(term=2, commit=20), ents(2, 21, 21), snap)
+    assert view(disk) == before
+    fs.crash()
+    assert view(_open(fs)) == before
+
+
+def test_after_a_failed_fsync_saves_are_refused_and_a_restart_recovers() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=1, commit=1), ents(1, 1, 2))
+    fs.fail_next("fsync", OSError(errno.EIO, "fsync failed"))
+    with pytest.raises(OSError, match="fsync failed"):
+        disk.save(HardState(term=1, commit=2), ents(1, 3, 3))
+    with pytest.raises(OSError, match="unusable until reopened"):
+        disk.save(HardState(term=1, commit=2), ents(1, 3, 3))
+    fs.crash()
+    assert _open(fs).last_index() == 2
+
+
+def test_end_to_end_on_the_real_file_system(tmp_path: Path) -> None:
+    member = str(tmp_path / "data" / "member")
+    disk = _open(OsFS(), member, segment_bytes=300, keep_entries=2)
+    for i in range(1, 31):
+        disk.save(HardState(term=1, vote=1, commit=i), ents(1, i, i, tag=b"payload"))
+    disk.create_snapshot(25, CS, b"twenty-five")
+    before = view(disk)
+    disk.close()
+    again = _open(OsFS(), member, segment_bytes=300, keep_entries=2)
+    assert view(again) == before
+    assert sorted(p.name for p in (tmp_path / "data" / "member").iterdir()) == [
+        "meta", "snap", "wal"
+    ]
