@@ -129,6 +129,7 @@ class Checker:
     def on_early_messages(self, node: SimNode, rd: Ready) -> None:
         """Only a leader's replication traffic may leave before the Ready is durable, and
         only at a term that is already on disk."""
+        assert node.storage is not None
         durable_term = node.storage.hard_state.term
         for m in rd.early_messages:
             if not isinstance(m, _LEADER_MESSAGES):
@@ -141,6 +142,7 @@ class Checker:
 
     def on_send_after_persist(self, node: SimNode, m: Message) -> None:
         """A vote or an append acknowledgement promises durable state: check the promise."""
+        assert node.storage is not None
         hs = node.storage.hard_state
         pre_vote = isinstance(m, RequestVote | RequestVoteResponse) and m.pre_vote
         if m.term > hs.term and not pre_vote:  # pre-votes speak of a term not yet taken
@@ -177,6 +179,7 @@ class Checker:
 
     def on_start(self, node: SimNode) -> None:
         assert node.raw is not None
+        assert node.storage is not None
         hs = node.storage.hard_state
         r = node.raw.raft
         if hs.term and (r.term, r.vote) != (hs.term, hs.vote):  # (else: a fresh bootstrap)

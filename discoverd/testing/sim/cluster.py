@@ -17,6 +17,7 @@ else only after the fsync.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 from collections.abc import Callable
@@ -35,13 +36,14 @@ from discoverd.consensus.messages import (
 )
 from discoverd.consensus.raft import Config, Role
 from discoverd.consensus.rawnode import RawNode, Ready
-from discoverd.consensus.storage import MemoryStorage
 from discoverd.errors import ClientError, Unavailable
 from discoverd.member.core import MemberCore, Reply
+from discoverd.storage.disk_storage import DiskStorage
 from discoverd.testing.sim.checkers import Checker, SimFailure
 from discoverd.testing.sim.network import SimNetwork
 from discoverd.testing.sim.options import MS, SimOptions
 from discoverd.testing.sim.statemachine import ChainStateMachine
+from discoverd.testing.simfs import SimFS
 
 MARKER = b"liveness-marker"
 
@@ -71,11 +73,18 @@ class CheckedStateMachine(ChainStateMachine):
             self.sim.log(f"n{self.node.id} restored snapshot at {self.applied}")
 
 
+MEMBER_DIR = "/data/member"
+
+
 @dataclass(slots=True)
 class SimNode:
+    """One simulated member: its disk (a ``SimFS`` that survives crashes) and, while it runs,
+    its ``MemberCore`` over a ``DiskStorage`` recovered from that disk."""
+
     id: int
-    storage: MemoryStorage
+    fs: SimFS
     bootstrap_voters: tuple[int, ...]
+    storage: DiskStorage | None = None
     sm: ChainStateMachine = field(default_factory=ChainStateMachine)
     core: MemberCore | None = None
     incarnation: int = 0
@@ -116,6 +125,7 @@ class SimStats:
     reads_ok: int = 0
     reads_failed: int = 0
     conf_changes: int = 0
+    torn_tails_repaired: int = 0
     snapshots_sent: int = 0
     leader_elections: int = 0
     sim_time_us: int = 0
@@ -137,7 +147,8 @@ class SimResult:
             f"{self.net['partitions']} partitions, {self.net['lost']} lost, "
             f"{self.net['duplicated']} duplicated, {s.writes_acked} writes acked, "
             f"{s.reads_ok} reads, {s.conf_changes} conf changes, "
-            f"{s.snapshots_sent} snapshots sent; recovered in {self.liveness_us / 1e3:.0f}ms"
+            f"{s.snapshots_sent} snapshots sent, {s.torn_tails_repaired} torn WAL tails "
+            f"repaired; recovered in {self.liveness_us / 1e3:.0f}ms"
         )
 
 
@@ -180,7 +191,7 @@ class Simulator:
         self.spares = list(range(options.n_voters + 1, options.n_voters + options.n_spares + 1))
         self.ever_removed: set[int] = set()
         for i in voters:
-            self.nodes[i] = SimNode(i, MemoryStorage(), voters)
+            self.nodes[i] = SimNode(i, SimFS(), voters)
             self._start(self.nodes[i])
         for c in range(options.clients):
             self._schedule(self.client_rng.randrange(options.op_interval_us), "client", (c,))
@@ -219,6 +230,12 @@ class Simulator:
         )
         rng = random.Random(self.node_seed * 1_000_003 + node.id * 10_007 + node.incarnation)
         node.core = None
+        node.storage = DiskStorage(node.fs, MEMBER_DIR, cluster_id=1, member_id=node.id,
+                                   segment_bytes=self.o.wal_segment_bytes,
+                                   keep_entries=self.o.keep_after_snapshot)
+        if node.storage.torn_tail_bytes:
+            self.stats.torn_tails_repaired += 1
+            self.log(f"n{node.id} repaired a torn WAL tail ({node.storage.torn_tail_bytes} bytes)")
         node.sm = CheckedStateMachine(self, node)
         node.core = MemberCore(cfg, node.storage, node.sm, rng,
                                snapshot_count=self.o.snapshot_every,
@@ -230,6 +247,16 @@ class Simulator:
 
     def _crash(self, node: SimNode, why: str) -> None:
         self.log(f"n{node.id} CRASH ({why}); unsynced state lost")
+        if node.busy is not None and node.storage is not None and self.fault_rng.random() < 0.5:
+            # Die in the middle of the Ready's write: its bytes reach the page cache but
+            # not the disk, and the power cut may tear the record (recovery must cut it).
+            rd = node.busy
+            with contextlib.suppress(OSError):
+                node.storage.persist(rd.hard_state, rd.entries, rd.snapshot, must_sync=False)
+        node.fs.crash(self.fault_rng, tear=self.o.torn_restart)
+        if node.storage is not None:
+            node.storage.close()
+        node.storage = None
         node.core = None
         node.busy = None
         for op_id, op in list(self.ops.items()):
@@ -452,7 +479,7 @@ class Simulator:
         self.stats.conf_changes += 1
         self.log(f"n{node.id} proposes {cc.kind.name} {cc.node_id} at {idx}")
         if cc.kind is ConfChangeKind.ADD_LEARNER and cc.node_id not in self.nodes:
-            joiner = SimNode(cc.node_id, MemoryStorage(), ())
+            joiner = SimNode(cc.node_id, SimFS(), ())
             self.nodes[cc.node_id] = joiner
             self._start(joiner)
 
@@ -532,6 +559,7 @@ class Simulator:
         for reply in done.replies:
             self._on_reply(node, reply)
         if done.snapshot is not None:
+            assert node.storage is not None
             node.storage.write_snapshot(done.snapshot)
             core.snapshot_written(done.snapshot, done.compact_to)
             self.log(f"n{node.id} snapshot at {done.snapshot.meta.index}, "

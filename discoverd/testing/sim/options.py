@@ -39,6 +39,7 @@ class SimOptions:
     crash_rate_per_s: float = 0.0
     restart_mean_us: int = 300 * MS
     torn_restart: bool = True
+    wal_segment_bytes: int = 64 * 1024 * 1024
     membership_changes: bool = False
     clients: int = 2
     op_interval_us: int = 20 * MS
@@ -67,6 +68,7 @@ class SimOptions:
         o.max_msg_bytes = r.choice([64, 512, 1 << 20])
         o.snapshot_every = r.choice([5, 20, 100, 100_000])
         o.keep_after_snapshot = r.choice([0, 1, 5])
+        o.wal_segment_bytes = r.choice([2048, 64 * 1024, 64 * 1024 * 1024])
         n_ids = n_voters + o.n_spares
         o.clock_rates = {i: r.uniform(0.9, 1.1) for i in range(1, n_ids + 1)}
         o.loss = r.choice([0.0, r.uniform(0, 0.1), r.uniform(0, 0.3)])
