@@ -190,6 +190,7 @@ class Simulator:
         voters = tuple(range(1, options.n_voters + 1))
         self.spares = list(range(options.n_voters + 1, options.n_voters + options.n_spares + 1))
         self.ever_removed: set[int] = set()
+        self.parked: set[int] = set()
         for i in voters:
             self.nodes[i] = SimNode(i, SimFS(), voters)
             self._start(self.nodes[i])
@@ -379,8 +380,9 @@ class Simulator:
         for nid, node in sorted(self.nodes.items()):
             if nid not in members:
                 if node.core is not None:
-                    self.log(f"n{nid} stopped: not a member of the current configuration")
+                    self.log(f"n{nid} parked: not a member of the current configuration")
                     self._crash(node, "not a member")
+                    self.parked.add(nid)
                 node.removed = True
             elif node.core is None:
                 node.removed = False
@@ -407,9 +409,15 @@ class Simulator:
         self._schedule(self.o.election_timeout_us, "marker", ())
 
     def _liveness_reached(self) -> bool:
+        members = self._current_members()
+        for nid in sorted(members & self.parked):
+            # A membership change still in flight at the start of the liveness phase made
+            # it a member after all: it must run to catch up.
+            self.parked.discard(nid)
+            self.nodes[nid].removed = False
+            self._on_restart(nid)
         if not self.marker_index:
             return False
-        members = self._current_members()
         return all(
             self.nodes[m].sm.applied >= self.marker_index
             for m in members
