@@ -150,7 +150,9 @@ class Checker:
                 f"contract: n{node.id} sent term {m.term} with durable term {hs.term}"
             )
         vote = isinstance(m, RequestVoteResponse) and m.granted and not m.pre_vote
-        if vote and (hs.term != m.term or hs.vote != m.dst):
+        # The promise is "I will not vote for anyone else in this term": kept if the vote is
+        # on disk, or if a later term is (a member never goes back to an earlier term).
+        if vote and hs.term <= m.term and (hs.term, hs.vote) != (m.term, m.dst):
             raise self.sim.fail(
                 f"contract: n{node.id} granted its vote in term {m.term} to n{m.dst} "
                 f"but its durable state is {hs}"
