@@ -16,7 +16,7 @@ structure rather than from a timer.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -27,6 +27,13 @@ from discoverd.consensus.raft import Role
 from discoverd.member.core import MemberCore, Reply
 
 Sender = Callable[[list[Message]], None]
+BlockingRunner = Callable[..., Awaitable[Any]]
+"""How the loop runs blocking disk work: ``trio.to_thread.run_sync`` for a real disk; an
+inline runner for in-memory storage (tests on virtual time need every step on the clock)."""
+
+
+async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 class RaftLoop:
@@ -37,12 +44,12 @@ class RaftLoop:
         *,
         tick_seconds: float,
         log: Any = None,
-        request_timeout: float = 5.0,
+        run_blocking: BlockingRunner = trio.to_thread.run_sync,
     ) -> None:
         self.core = core
         self._send = send
+        self._run_blocking = run_blocking
         self.tick_seconds = tick_seconds
-        self.request_timeout = request_timeout
         self.log = log if log is not None else structlog.get_logger("raft")
         self._wakeup = trio.Event()
         self._waiters: dict[int, trio.Event] = {}
@@ -157,7 +164,7 @@ class RaftLoop:
                 self._send(rd.early_messages)
             if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
                 started = trio.current_time()
-                await trio.to_thread.run_sync(core.persist, rd)
+                await self._run_blocking(core.persist, rd)
                 if rd.must_sync:
                     self.fsyncs += 1
                     self.fsync_seconds += trio.current_time() - started
@@ -169,7 +176,7 @@ class RaftLoop:
             for reply in done.replies:
                 self._deliver(reply)
             if done.snapshot is not None:
-                await trio.to_thread.run_sync(core.storage.write_snapshot, done.snapshot)
+                await self._run_blocking(core.storage.write_snapshot, done.snapshot)
                 core.snapshot_written(done.snapshot, done.compact_to)
                 self.log.info("snapshot saved", index=done.snapshot.meta.index,
                               compacted_to=done.compact_to, term=core.term)

@@ -1,0 +1,165 @@
+"""MemberCore: request bookkeeping over a real RawNode, driven by hand (no trio, no sim)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from discoverd.consensus.messages import ConfChange, ConfChangeKind, Entry, Message
+from discoverd.consensus.raft import Config
+from discoverd.consensus.storage import MemoryStorage
+from discoverd.errors import NotLeader
+from discoverd.machine.register import RegisterMachine, encode_put
+from discoverd.member.core import Completion, MemberCore, Reply
+
+
+class Trio:
+    """Three MemberCores on a synchronous in-memory network."""
+
+    def __init__(self, *, snapshot_count: int = 10_000) -> None:
+        self.cores = {
+            i: MemberCore(Config(id=i, voters=(1, 2, 3)), MemoryStorage(), RegisterMachine(),
+                          random.Random(i), snapshot_count=snapshot_count,
+                          snapshot_catchup_entries=2)
+            for i in (1, 2, 3)
+        }
+        self.replies: dict[int, list[Reply]] = {i: [] for i in self.cores}
+        self.completions: dict[int, list[Completion]] = {i: [] for i in self.cores}
+
+    def pump(self, rounds: int = 50) -> None:
+        for _ in range(rounds):
+            inflight: list[Message] = []
+            for i, core in self.cores.items():
+                while core.has_ready():
+                    rd = core.begin()
+                    inflight.extend(rd.early_messages)
+                    core.persist(rd)
+                    done = core.complete(rd)
+                    self.completions[i].append(done)
+                    inflight.extend(done.messages)
+                    self.replies[i].extend(done.replies)
+                    if done.snapshot is not None:
+                        core.storage.write_snapshot(done.snapshot)
+                        core.snapshot_written(done.snapshot, done.compact_to)
+            if not inflight:
+                return
+            for m in inflight:
+                self.cores[m.dst].step(m)
+
+    def elect(self, leader: int) -> None:
+        self.pump()
+        self.cores[leader].node.campaign()
+        self.pump()
+        assert self.cores[leader].is_leader
+
+
+def test_leader_proposal_is_answered_with_the_machine_result() -> None:
+    t = Trio()
+    t.elect(1)
+    t.cores[1].propose(7, encode_put(b"k", b"v"))
+    t.pump()
+    [reply] = t.replies[1]
+    assert reply.request_id == 7
+    assert reply.error is None
+    assert reply.result == t.cores[1].applied  # the register machine answers with the index
+    for core in t.cores.values():
+        assert isinstance(core.sm, RegisterMachine)
+        assert core.sm.get(b"k") == b"v"
+
+
+def test_follower_proposal_is_forwarded_and_answered_by_the_follower_only() -> None:
+    t = Trio()
+    t.elect(1)
+    t.cores[2].propose(9, encode_put(b"f", b"1"))
+    t.pump()
+    assert [r.request_id for r in t.replies[2]] == [9]
+    assert t.replies[1] == []
+    assert t.replies[3] == []
+
+
+def test_same_request_id_on_two_members_answers_each_its_own() -> None:
+    t = Trio()
+    t.elect(1)
+    t.cores[1].propose(5, encode_put(b"a", b"1"))
+    t.cores[3].propose(5, encode_put(b"b", b"2"))
+    t.pump()
+    assert [r.request_id for r in t.replies[1]] == [5]
+    assert [r.request_id for r in t.replies[3]] == [5]
+
+
+def test_proposal_without_known_leader_raises_not_leader() -> None:
+    t = Trio()
+    t.pump()
+    with pytest.raises(NotLeader):
+        t.cores[2].propose(1, b"x")
+
+
+def test_read_barrier_answers_with_a_read_index_covering_earlier_writes() -> None:
+    t = Trio()
+    t.elect(1)
+    t.cores[1].propose(1, encode_put(b"k", b"v"))
+    t.pump()
+    written_at = t.replies[1][0].result
+    t.cores[3].read(2)
+    t.pump()
+    [reply] = t.replies[3]
+    assert reply.request_id == 2
+    assert reply.result >= written_at
+    assert t.cores[3].applied >= reply.result
+
+
+def test_cancelled_request_gets_no_late_reply() -> None:
+    t = Trio()
+    t.elect(1)
+    t.cores[1].propose(3, encode_put(b"k", b"v"))
+    t.cores[1].cancel(3)
+    t.pump()
+    assert t.replies[1] == []
+
+
+def test_snapshot_is_taken_every_snapshot_count_entries_and_log_compacted() -> None:
+    t = Trio(snapshot_count=5)
+    t.elect(1)
+    for i in range(12):
+        t.cores[1].propose(100 + i, encode_put(b"k%d" % i, b"v"))
+        t.pump()
+    snaps = [c.snapshot for c in t.completions[1] if c.snapshot is not None]
+    assert len(snaps) >= 2
+    core = t.cores[1]
+    assert core.snapshot_index == snaps[-1].meta.index
+    assert core.storage.first_index() == snaps[-1].meta.index - 2 + 1
+    restored = RegisterMachine()
+    restored.restore(snaps[-1].data)
+    assert restored.get(b"k0") == b"v"
+
+
+def test_removed_member_is_told_to_stop() -> None:
+    t = Trio()
+    t.elect(1)
+    t.cores[1].propose_conf_change(11, ConfChange(ConfChangeKind.REMOVE_NODE, 3))
+    t.pump()
+    assert any(c.removed for c in t.completions[3])
+    assert not any(c.removed for c in t.completions[2])
+    assert [r.request_id for r in t.replies[1]] == [11]
+
+
+def test_every_entry_reaches_the_state_machine_in_order() -> None:
+    seen: list[int] = []
+
+    class Recorder(RegisterMachine):
+        def apply(self, entry: Entry) -> int:
+            seen.append(entry.index)
+            return int(super().apply(entry))
+
+    core = MemberCore(Config(id=1, voters=(1,)), MemoryStorage(), Recorder(), random.Random(1))
+    t = Trio()
+    t.cores = {1: core}
+    t.replies = {1: []}
+    t.completions = {1: []}
+    t.pump()
+    core.node.campaign()
+    t.pump()
+    core.propose(1, encode_put(b"a", b"b"))
+    t.pump()
+    assert seen == list(range(1, core.applied + 1))

@@ -1,0 +1,133 @@
+"""RaftLoop, the trio shell around MemberCore, on virtual time (trio's MockClock with autojump):
+elections, proposals, reads and leader loss, with members wired by direct calls instead of
+sockets so that only the loop's own scheduling is under test."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from discoverd.consensus.messages import Message
+from discoverd.consensus.raft import Config
+from discoverd.consensus.storage import MemoryStorage
+from discoverd.machine.register import RegisterMachine, encode_put
+from discoverd.member.core import MemberCore
+from discoverd.server.raft_loop import RaftLoop, run_inline
+
+TICK = 0.1
+ELECTION_TICKS = 10
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+class LoopCluster:
+    def __init__(self, size: int) -> None:
+        ids = tuple(range(1, size + 1))
+        self.down: set[int] = set()
+        self.loops: dict[int, RaftLoop] = {}
+        for i in ids:
+            core = MemberCore(
+                Config(id=i, voters=ids, election_ticks=ELECTION_TICKS), MemoryStorage(),
+                RegisterMachine(), random.Random(i),
+            )
+            self.loops[i] = RaftLoop(core, self._sender(i), tick_seconds=TICK,
+                                     run_blocking=run_inline)
+
+    def _sender(self, src: int):  # type: ignore[no-untyped-def]
+        def send(messages: list[Message]) -> None:
+            for m in messages:
+                if src not in self.down and m.dst not in self.down:
+                    self.loops[m.dst].on_message(m)
+        return send
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        for loop in self.loops.values():
+            await nursery.start(loop.run)
+
+    async def wait_leader(self) -> RaftLoop:
+        while True:
+            leaders = [lp for i, lp in self.loops.items()
+                       if lp.core.is_leader and i not in self.down]
+            if len(leaders) == 1:
+                return leaders[0]
+            await trio.sleep(TICK)
+
+
+async def test_single_member_elects_itself_and_serves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = LoopCluster(1)
+    async with trio.open_nursery() as nursery:
+        await c.start(nursery)
+        with trio.fail_after(2 * ELECTION_TICKS * TICK + 1):
+            loop = await c.wait_leader()
+        index = await loop.propose(encode_put(b"k", b"v"))
+        assert index == loop.core.applied
+        assert await loop.read_barrier() >= index
+        assert isinstance(loop.core.sm, RegisterMachine)
+        assert loop.core.sm.get(b"k") == b"v"
+        nursery.cancel_scope.cancel()
+
+
+async def test_three_members_replicate_and_followers_forward(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = LoopCluster(3)
+    async with trio.open_nursery() as nursery:
+        await c.start(nursery)
+        with trio.fail_after(10):
+            leader = await c.wait_leader()
+        follower = next(lp for lp in c.loops.values() if lp is not leader)
+        with trio.fail_after(5):
+            index = await follower.propose(encode_put(b"from-follower", b"1"))
+            await follower.read_barrier()
+        assert index > 0
+        for lp in c.loops.values():
+            with trio.fail_after(5):
+                await lp.read_barrier()  # a read barrier on each member waits for its apply
+            assert lp.core.applied >= index
+            assert isinstance(lp.core.sm, RegisterMachine)
+            assert lp.core.sm.get(b"from-follower") == b"1"
+        nursery.cancel_scope.cancel()
+
+
+async def test_losing_the_leader_elects_another_within_bounded_virtual_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    c = LoopCluster(3)
+    async with trio.open_nursery() as nursery:
+        await c.start(nursery)
+        with trio.fail_after(10):
+            old = await c.wait_leader()
+        committed = await old.propose(encode_put(b"before", b"x"))
+        old_id = old.core.id
+        c.down.add(old_id)
+        started = trio.current_time()
+        with trio.fail_after(10 * ELECTION_TICKS * TICK):
+            new = await c.wait_leader()
+        assert new.core.id != old_id
+        assert trio.current_time() - started <= 4 * ELECTION_TICKS * TICK
+        assert await new.propose(encode_put(b"after", b"y")) > committed
+        assert isinstance(new.core.sm, RegisterMachine)
+        assert new.core.sm.get(b"before") == b"x"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_request_leaves_no_waiter(autojump_clock: trio.testing.MockClock) -> None:
+    c = LoopCluster(3)
+    async with trio.open_nursery() as nursery:
+        await c.start(nursery)
+        with trio.fail_after(10):
+            leader = await c.wait_leader()
+        c.down.update(i for i in c.loops if i != leader.core.id)  # no quorum: cannot commit
+        with trio.move_on_after(1.0) as scope:
+            await leader.propose(encode_put(b"k", b"v"))
+        assert scope.cancelled_caught
+        assert leader._waiters == {}
+        nursery.cancel_scope.cancel()
