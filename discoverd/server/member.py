@@ -5,9 +5,11 @@ caught-up peer first, then stop).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
 import signal
-from typing import Any
+from typing import IO, Any
 
 import trio
 
@@ -35,6 +37,7 @@ class Member:
         self.cluster_id = cfg.cluster_id
         self.member_id = cfg.member_id
         members = cfg.members()
+        self._lock = _lock_data_dir(cfg.data_dir)
         self.storage = DiskStorage(
             OsFS(), cfg.member_dir, cluster_id=self.cluster_id, member_id=self.member_id,
             name=cfg.name, keep_entries=cfg.snapshot_catchup_entries,
@@ -146,6 +149,7 @@ class Member:
                 task_status.started(self)
         finally:
             self.storage.close()
+            self._lock.close()
             self.log.info("member stopped")
 
     async def _watch_removed(self, scope: trio.CancelScope) -> None:
@@ -178,6 +182,21 @@ class Member:
         with trio.move_on_after(self.cfg.election_timeout_ms / 1000):
             await self.loop.transfer_leadership(target)
             self.log.info("leadership transferred", to=f"{target:x}")
+
+
+def _lock_data_dir(data_dir: str) -> IO[bytes]:
+    """Hold an exclusive lock on ``<data-dir>/lock`` for the member's lifetime: two members
+    writing one WAL would corrupt it, so the second is refused with a clear message."""
+    os.makedirs(data_dir, exist_ok=True)
+    f = open(os.path.join(data_dir, "lock"), "ab")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ClientError(
+            f"data dir {data_dir!r} is in use by another discoverd process"
+        ) from None
+    return f
 
 
 async def _listen(urls: list[str]) -> list[trio.SocketListener]:
