@@ -194,7 +194,7 @@ class Simulator:
         for i in voters:
             self.nodes[i] = SimNode(i, SimFS(), voters)
             self._start(self.nodes[i])
-        for c in range(options.clients):
+        for c in range(options.clients + options.readers):
             self._schedule(self.client_rng.randrange(options.op_interval_us), "client", (c,))
         self._schedule(100 * MS, "nemesis", ())
         self._schedule(options.safety_us, "liveness", ())
@@ -445,11 +445,12 @@ class Simulator:
         self.next_op += 1
         op_id = self.next_op
         deadline = self.now + self.o.client_timeout_us
-        if self.o.membership_changes and not self.liveness and r.random() < 0.03:
+        if c < self.o.clients and self.o.membership_changes and not self.liveness \
+                and r.random() < 0.03:
             self._propose_conf_change(node, op_id)
             return
         try:
-            if r.random() < self.o.read_fraction:
+            if c >= self.o.clients or r.random() < self.o.read_fraction:
                 self.read_min_index[op_id] = self.checker.max_commit
                 node.core.read(op_id)
                 self.ops[op_id] = ClientOp("read", c, nid, node.incarnation, deadline)

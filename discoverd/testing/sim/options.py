@@ -44,6 +44,7 @@ class SimOptions:
     clients: int = 2
     op_interval_us: int = 20 * MS
     read_fraction: float = 0.3
+    readers: int = 0  # extra clients that only read, sticking to the member that serves them
     client_timeout_us: int = 2000 * MS
     safety_us: int = 10_000 * MS
     liveness_us: int = 60_000 * MS
@@ -83,6 +84,7 @@ class SimOptions:
         o.clients = r.randint(1, 4)
         o.op_interval_us = r.choice([2 * MS, 10 * MS, 50 * MS])
         o.read_fraction = r.choice([0.0, 0.3, 0.6])
+        o.readers = r.choice([0, 0, 1, 2])
         o.safety_us = r.choice([5_000, 10_000, 20_000]) * MS
         return o
 
@@ -95,6 +97,6 @@ class SimOptions:
             f"snap_every={self.snapshot_every} loss={self.loss:.2f} dup={self.duplicate:.2f} "
             f"delay={self.delay_min_us}+{self.delay_mean_us}us disk={self.disk_mean_us}us "
             f"partitions/s={self.partition_rate_per_s} crashes/s={self.crash_rate_per_s} "
-            f"membership={self.membership_changes} clients={self.clients} "
+            f"membership={self.membership_changes} clients={self.clients}+{self.readers}r "
             f"safety={self.safety_us // MS}ms"
         )
