@@ -81,3 +81,94 @@ class RequestTimeout(Unavailable):
     """No answer in time; for a write the outcome is unknown (it may still be applied)."""
 
     code = "timeout"
+
+
+# --- MVCC key-value errors (kv/). Messages are etcd v3.4's, so etcd users recognise them. ---
+
+
+class FutureRevision(ClientError):
+    """A read or compaction named a revision the store has not reached yet."""
+
+    code = "future_revision"
+
+    def __init__(self, message: str = "mvcc: required revision is a future revision") -> None:
+        super().__init__(message)
+
+
+class EmptyKey(ClientError):
+    """A range, put, delete or compare without a key (etcd refuses the empty key)."""
+
+    code = "empty_key"
+
+    def __init__(self, message: str = "etcdserver: key is not provided") -> None:
+        super().__init__(message)
+
+
+class KeyNotFound(ClientError):
+    """A put with ``ignore_value``/``ignore_lease`` on a missing key, or an empty txn op."""
+
+    code = "key_not_found"
+
+    def __init__(self, message: str = "etcdserver: key not found") -> None:
+        super().__init__(message)
+
+
+class ValueProvided(ClientError):
+    """A put set both ``ignore_value`` and a value."""
+
+    code = "value_provided"
+
+    def __init__(self, message: str = "etcdserver: value is provided") -> None:
+        super().__init__(message)
+
+
+class LeaseProvided(ClientError):
+    """A put set both ``ignore_lease`` and a lease."""
+
+    code = "lease_provided"
+
+    def __init__(self, message: str = "etcdserver: lease is provided") -> None:
+        super().__init__(message)
+
+
+class LeaseNotFound(ClientError):
+    """A put attached a lease that does not exist (or has expired)."""
+
+    code = "lease_not_found"
+
+    def __init__(self, message: str = "etcdserver: requested lease not found") -> None:
+        super().__init__(message)
+
+
+class TooManyOps(ClientError):
+    """A txn's compare, success or failure list is longer than the configured maximum."""
+
+    code = "too_many_ops"
+
+    def __init__(self, message: str = "etcdserver: too many operations in txn request") -> None:
+        super().__init__(message)
+
+
+class DuplicateKey(ClientError):
+    """A txn writes one key twice (two puts, or a put inside a delete's range)."""
+
+    code = "duplicate_key"
+
+    def __init__(self, message: str = "etcdserver: duplicate key given in txn request") -> None:
+        super().__init__(message)
+
+
+# --- client protocol errors (docs/protocol.md) that the SDK maps answers to. ---
+
+
+class RequestTooLarge(ClientError):
+    """A request frame was over the member's ``--max-request-bytes``; the member closes the
+    connection after saying so, because the rest of the frame cannot be skipped safely."""
+
+    code = "request_too_large"
+
+
+class BadRequest(ClientError):
+    """A frame was not a cbor map, or not a frame at all (``bad_request``/``bad_frame``)."""
+
+    code = "bad_request"

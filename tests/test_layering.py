@@ -14,7 +14,8 @@ FORBIDDEN_EVERYWHERE_PURE = {"trio", "time", "random", "socket", "threading", "a
 RULES: dict[str, set[str]] = {
     # package: the discoverd.* packages it may import (besides itself)
     "consensus": {"errors"},
-    "wire": {"errors", "consensus"},
+    "wire": {"errors", "consensus", "kv"},
+    "kv": {"errors"},
     "storage": {"errors", "consensus"},
     "member": {"errors", "consensus", "machine", "storage", "wire"},
     "machine": {"errors", "consensus", "kv", "leases", "registry", "wire"},

@@ -15,16 +15,19 @@ import trio
 
 from discoverd import __version__
 from discoverd.consensus.raft import Config, Role
-from discoverd.errors import ClientError
-from discoverd.machine.register import RegisterMachine, encode_delete, encode_put
+from discoverd.errors import ClientError, DiscoverdError
+from discoverd.kv.requests import RangeRequest, TxnRequest
+from discoverd.kv.txn import has_writes
+from discoverd.machine.applier import KvMachine, encode_command
 from discoverd.member.core import MemberCore
-from discoverd.server.api_server import ClientApi, Handler, field
+from discoverd.server.api_server import ClientApi, Handler
 from discoverd.server.config import MemberConfig, parse_url, parse_urls
 from discoverd.server.logs import configure_logging
 from discoverd.server.raft_loop import RaftLoop
 from discoverd.server.transport import PeerTransport
 from discoverd.storage.disk_storage import DiskStorage
 from discoverd.storage.fs import OsFS
+from discoverd.wire.kv_codec import WRITE_OPS, decode_request, encode_response
 
 
 class Member:
@@ -51,7 +54,7 @@ class Member:
             heartbeat_ticks=1,
             voters=voters,
         )
-        self.machine = RegisterMachine()
+        self.machine = KvMachine(max_txn_ops=cfg.max_txn_ops)
         self.core = MemberCore(
             raft_cfg, self.storage, self.machine, random.Random(),
             snapshot_count=cfg.snapshot_count,
@@ -73,21 +76,19 @@ class Member:
 
     # ------------------------------------------------------------------ client ops
 
-    def header(self) -> dict[str, int]:
+    def header(self, revision: int | None = None) -> dict[str, int]:
         return {
             "cluster_id": self.cluster_id,
             "member_id": self.member_id,
-            "revision": self.machine.applied,
+            "revision": self.machine.store.revision if revision is None else revision,
             "raft_term": self.core.term,
         }
 
     def ops(self) -> dict[str, Handler]:
-        return {
-            "status": self.op_status,
-            "put": self.op_put,
-            "get": self.op_get,
-            "delete": self.op_delete,
-        }
+        ops: dict[str, Handler] = {"status": self.op_status, "range": self.op_range}
+        for op in WRITE_OPS:
+            ops[op] = self._write_op(op)
+        return ops
 
     async def op_status(self, req: dict[str, Any]) -> dict[str, Any]:
         st = self.core.node.status()
@@ -103,28 +104,33 @@ class Member:
             "raft_applied_index": self.core.applied,
             "voters": list(st.conf_state.voters),
             "learners": list(st.conf_state.learners),
+            "is_learner": self.member_id in st.conf_state.learners,
+            "db_size": self.machine.store.size_bytes,
             "fsyncs": self.loop.fsyncs,
         }
 
-    async def op_put(self, req: dict[str, Any]) -> dict[str, Any]:
-        key = field(req, "key", bytes)
-        value = field(req, "value", bytes)
-        if not key:
-            raise ClientError("key is empty")
-        revision = await self.loop.propose(encode_put(key, value))
-        return {"header": {**self.header(), "revision": revision}}
-
-    async def op_delete(self, req: dict[str, Any]) -> dict[str, Any]:
-        key = field(req, "key", bytes)
-        revision = await self.loop.propose(encode_delete(key))
-        return {"header": {**self.header(), "revision": revision}}
-
-    async def op_get(self, req: dict[str, Any]) -> dict[str, Any]:
-        key = field(req, "key", bytes)
-        if not field(req, "serializable", bool, default=False):
+    async def op_range(self, req: dict[str, Any]) -> dict[str, Any]:
+        rr: RangeRequest = decode_request("range", req)
+        if not rr.serializable:
             await self.loop.read_barrier()
-        value = self.machine.get(key)
-        return {"header": self.header(), "value": value}
+        resp = self.machine.store.range(rr)
+        return {"header": self.header(resp.header_revision), **encode_response(resp)}
+
+    def _write_op(self, op: str) -> Handler:
+        async def handle(req: dict[str, Any]) -> dict[str, Any]:
+            decoded = decode_request(op, req)  # refuse a bad request before proposing it
+            fields = {k: v for k, v in req.items() if k not in ("id", "op")}
+            if isinstance(decoded, TxnRequest) and not has_writes(decoded):
+                # A read-only txn is a read: one ReadIndex round, no log entry.
+                await self.loop.read_barrier()
+                resp: Any = self.machine.store.txn(decoded)[0]
+            else:
+                resp = await self.loop.propose(encode_command(op, fields))
+            if isinstance(resp, DiscoverdError):
+                raise resp
+            return {"header": self.header(getattr(resp, "header_revision", None)),
+                    **encode_response(resp)}
+        return handle
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -115,8 +115,8 @@ class NativeClient:
         return int(self.call("put", key=key, value=value)["header"]["revision"])
 
     def get(self, key: bytes, *, serializable: bool = False) -> bytes | None:
-        value = self.call("get", key=key, serializable=serializable)["value"]
-        return None if value is None else bytes(value)
+        kvs = self.call("range", key=key, serializable=serializable)["kvs"]
+        return bytes(kvs[0]["value"]) if kvs else None
 
     def status(self) -> dict[str, Any]:
         return self.call("status")

@@ -13,7 +13,7 @@ import trio.testing
 from discoverd.consensus.messages import Message
 from discoverd.consensus.raft import Config
 from discoverd.consensus.storage import MemoryStorage
-from discoverd.machine.register import RegisterMachine, encode_put
+from discoverd.testing.register import RegisterMachine, encode_put
 from discoverd.member.core import MemberCore
 from discoverd.server.raft_loop import RaftLoop, run_inline
 

@@ -1,6 +1,5 @@
-"""``RegisterMachine``: a plain key → value map, the state machine members run until the MVCC
-store (issue 4) replaces it. Small on purpose: it exists to prove the member end to end —
-replication, durability, snapshots and recovery — on real processes and disks.
+"""``RegisterMachine``: a plain key → value map, a minimal ``member.core.StateMachine`` for
+tests of the member glue and the trio loop (members themselves run ``machine.KvMachine``).
 
 Commands are cbor2 lists: ``["put", key, value]``, ``["del", key]``. Every apply answers with
 the raft index it was applied at, which doubles as a revision for the caller.

@@ -1,0 +1,498 @@
+"""``MvccStore``: the multi-version key-value store, with etcd v3.4's semantics.
+
+The state is three things: the current ``revision``, the ``TreeIndex`` (key → generations of
+revisions) and the *backend* (revision → ``KeyValue``, tombstones included), which holds every
+version not yet compacted away. A read at revision ``r`` asks the index which revision of
+each key was visible at ``r`` and fetches those versions from the backend.
+
+Writes. Every write request (put, delete_range, txn, ``delete_keys``) opens one ``_Write``
+whose changes all get main revision ``revision + 1`` and sub revisions 0, 1, 2… in order.
+They go into the index and backend as they are made, so a later op of the same txn reads
+them. When the request ends, the revision is incremented iff something changed: a delete
+that deleted nothing and a read-only txn leave it alone; a put always changes something
+(etcd writes a new version even when the value is the same). Every check that can refuse a
+request runs before its first change, so a refused request changes nothing.
+
+The store is pure and deterministic: no clock, no I/O, no randomness, ordered iteration
+everywhere. It is applied on every member in log order, so identical inputs must give
+identical state and identical answers.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from operator import attrgetter
+from typing import Any
+
+from sortedcontainers import SortedDict
+
+from discoverd.errors import Compacted, CorruptData, FutureRevision, KeyNotFound, LeaseNotFound
+from discoverd.kv.index import TreeIndex
+from discoverd.kv.requests import (
+    CompactionRequest,
+    CompactionResponse,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RangeResponse,
+    RequestOp,
+    SortOrder,
+    SortTarget,
+    TxnRequest,
+    TxnResponse,
+)
+from discoverd.kv.revision import Event, EventType, KeyValue, Revision, tombstone
+from discoverd.kv.txn import (
+    FROM_KEY,
+    apply_path,
+    check_intervals,
+    check_put_request,
+    check_range_request,
+    check_txn_request,
+    compare_to_path,
+    walk_path,
+)
+
+DEFAULT_MAX_TXN_OPS = 128
+"""etcd's ``--max-txn-ops`` default."""
+
+COMPACTED_MESSAGE = "mvcc: required revision has been compacted"
+
+SNAPSHOT_FORMAT = 1
+
+LeaseCheck = Callable[[int], bool]
+"""``lease_exists(lease_id)``: asked for every non-zero lease a put attaches."""
+
+_SORT_KEYS: dict[SortTarget, Callable[[KeyValue], Any]] = {
+    SortTarget.KEY: attrgetter("key"),
+    SortTarget.VERSION: attrgetter("version"),
+    SortTarget.CREATE: attrgetter("create_revision"),
+    SortTarget.MOD: attrgetter("mod_revision"),
+    SortTarget.VALUE: attrgetter("value"),
+}
+
+
+class MvccStore:
+    """The keyspace and its history. See the module docstring for the model.
+
+    Args:
+        max_txn_ops: the most entries each of a txn's compare/success/failure lists may
+            hold (etcd's ``--max-txn-ops``).
+    """
+
+    def __init__(self, *, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
+        self.max_txn_ops = max_txn_ops
+        self._index = TreeIndex()
+        self._backend: SortedDict = SortedDict()  # Revision -> KeyValue
+        self._revision = 1  # an empty etcd reports revision 1; the first write makes 2
+        self._compact_revision = -1  # etcd's "never compacted"
+        self._size_bytes = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<MvccStore revision={self._revision} compact_revision={self.compact_revision}"
+            f" keys={len(self._index)} versions={len(self._backend)}"
+            f" size_bytes={self._size_bytes}>"
+        )
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The current store revision (1 for an empty store, +1 per changing write)."""
+        return self._revision
+
+    @property
+    def compact_revision(self) -> int:
+        """The revision of the last compaction; 0 if the store was never compacted."""
+        return max(self._compact_revision, 0)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of keys and values over every kept version (tombstones count their key):
+        an estimate of storage use, for the quota alarm. Compaction lowers it."""
+        return self._size_bytes
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def range(self, request: RangeRequest) -> RangeResponse:
+        """Read a key or a range, at the current or at a past revision.
+
+        Raises:
+            EmptyKey: ``request.key`` is empty.
+            FutureRevision: ``request.revision`` is past the current revision.
+            Compacted: ``request.revision`` is before the compaction revision.
+        """
+        check_range_request(request)
+        return self._range(request, self._revision)
+
+    def history(self, start_revision: int, end_revision: int = 0) -> list[Event]:
+        """Every change with main revision in ``[start_revision, end_revision]`` (0: up to
+        now), in order, each with its ``prev_kv``: what a watch replays from the past.
+
+        Raises:
+            Compacted: ``start_revision`` is not after the compaction revision. Stricter
+                than etcd (which allows starting *at* it): a compaction at ``c`` discards
+                the deletions made at ``c``, so history from ``c`` would miss them.
+        """
+        if start_revision <= self._compact_revision:
+            raise Compacted(COMPACTED_MESSAGE)
+        low = Revision(max(start_revision, 0), 0)
+        high = Revision(end_revision, sys.maxsize) if end_revision > 0 else None
+        events: list[Event] = []
+        if high is not None and high < low:
+            return events
+        for rev in self._backend.irange(minimum=low, maximum=high):
+            kv: KeyValue = self._backend[rev]
+            ki = self._index.key_index(kv.key)
+            assert ki is not None, f"backend version of an unindexed key {kv.key!r}"
+            prev_rev = ki.get(rev.main - 1)
+            prev = self._backend[prev_rev] if prev_rev is not None else None
+            kind = EventType.DELETE if kv.is_tombstone else EventType.PUT
+            events.append(Event(kind, kv, prev))
+        return events
+
+    def _kvs(self, key: bytes, range_end: bytes, at: int) -> list[KeyValue]:
+        """The versions visible at revision ``at`` of ``key`` (no ``range_end``) or of the
+        keys in ``[key, range_end)`` (``b"\\0"``: every key from ``key`` on), key-ordered."""
+        backend = self._backend
+        if not range_end:
+            ki = self._index.key_index(key)
+            rev = ki.get(at) if ki is not None else None
+            return [backend[rev]] if rev is not None else []
+        end = None if range_end == FROM_KEY else range_end
+        found: list[KeyValue] = []
+        for ki in self._index.scan(key, end):
+            rev = ki.get(at)
+            if rev is not None:
+                found.append(backend[rev])
+        return found
+
+    def _range(self, request: RangeRequest, current: int) -> RangeResponse:
+        """etcd's ``applierV3backend.Range`` over ``mvcc.rangeKeys``, served at ``current``.
+
+        Order of work, as in etcd 3.4: select the keys at the revision; ``count`` them (this
+        is the reported count); drop those outside the min/max mod/create revision filters;
+        sort; cut to ``limit`` (``more`` if anything was cut); blank values if keys_only.
+        """
+        at = request.revision
+        if at > current:
+            raise FutureRevision()
+        if at <= 0:
+            at = current
+        if at < self._compact_revision:
+            raise Compacted(COMPACTED_MESSAGE)
+        kvs = self._kvs(request.key, request.range_end, at)
+        count = len(kvs)
+        if request.count_only:
+            return RangeResponse(header_revision=current, count=count)
+        kvs = _filter(kvs, request)
+        order = request.sort_order
+        if order == SortOrder.NONE and request.sort_target != SortTarget.KEY:
+            order = SortOrder.ASCEND  # etcd: a sort target without an order means ascending
+        if order != SortOrder.NONE:
+            # Stable: ties stay in key order, also descending (etcd leaves ties unspecified).
+            kvs.sort(key=_SORT_KEYS[request.sort_target], reverse=order == SortOrder.DESCEND)
+        more = 0 < request.limit < len(kvs)
+        if more:
+            kvs = kvs[: request.limit]
+        if request.keys_only:
+            kvs = [replace(kv, value=b"") for kv in kvs]
+        return RangeResponse(header_revision=current, kvs=tuple(kvs), more=more, count=count)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(
+        self, request: PutRequest, *, lease_exists: LeaseCheck | None = None
+    ) -> tuple[PutResponse, list[Event]]:
+        """Write one key; always makes a new revision.
+
+        ``lease_exists`` is asked about ``request.lease`` when it is non-zero (``None``: the
+        caller has checked leases itself).
+
+        Raises:
+            EmptyKey, ValueProvided, LeaseProvided: malformed request.
+            LeaseNotFound: ``lease_exists`` said no.
+            KeyNotFound: ``ignore_value``/``ignore_lease`` on a key that does not exist.
+        """
+        check_put_request(request)
+        if request.lease and lease_exists is not None and not lease_exists(request.lease):
+            raise LeaseNotFound()
+        self._check_ignore_flags(request)
+        write = _Write(self)
+        response = write.op_put(request)
+        return response, self._finish(write)
+
+    def delete_range(self, request: DeleteRangeRequest) -> tuple[DeleteRangeResponse, list[Event]]:
+        """Delete a key or a range; a new revision only if at least one key was deleted.
+
+        Raises:
+            EmptyKey: ``request.key`` is empty.
+        """
+        check_range_request(request)
+        write = _Write(self)
+        response = write.op_delete_range(request)
+        return response, self._finish(write)
+
+    def delete_keys(self, keys: Iterable[bytes]) -> tuple[int, list[Event]]:
+        """Delete these keys in one revision, whatever their number: a lease revoke.
+
+        Not subject to ``max_txn_ops`` (etcd's lessor deletes a lease's keys in one write
+        txn, outside the txn API). Returns the revision after the write and its events.
+        """
+        write = _Write(self)
+        for key in keys:
+            write.op_delete_range(DeleteRangeRequest(key=key))
+        events = self._finish(write)
+        return self._revision, events
+
+    def txn(
+        self, request: TxnRequest, *, lease_exists: LeaseCheck | None = None
+    ) -> tuple[TxnResponse, list[Event]]:
+        """Run a transaction atomically, in at most one new revision.
+
+        See ``kv/txn.py`` for the stages. Compares see the state before the txn; ranges in
+        the branch see the txn's own earlier writes.
+
+        Raises:
+            TooManyOps, EmptyKey, ValueProvided, LeaseProvided, KeyNotFound (empty op),
+            DuplicateKey: the request is malformed (checked before reading anything).
+            KeyNotFound, LeaseNotFound: a put on the chosen path cannot be done.
+            FutureRevision, Compacted: a range on the chosen path reads an unreadable
+                revision.
+        """
+        check_txn_request(request, self.max_txn_ops)
+        check_intervals(request.success)
+        check_intervals(request.failure)
+        start = self._revision
+        path = compare_to_path(request, lambda key, end: self._kvs(key, end, start))
+
+        def check_put(op: RequestOp) -> None:
+            if op.request_put is not None:
+                self._check_ignore_flags(op.request_put)
+                lease = op.request_put.lease
+                if lease and lease_exists is not None and not lease_exists(lease):
+                    raise LeaseNotFound()
+
+        walk_path(request, path, check_put)  # every put check before any range check
+        walk_path(request, path, self._check_range_revision)
+        write = _Write(self)
+        response = apply_path(write, request, path)
+        return response, self._finish(write)
+
+    def _check_ignore_flags(self, request: PutRequest) -> None:
+        if (request.ignore_value or request.ignore_lease) and not self._kvs(
+            request.key, b"", self._revision
+        ):
+            raise KeyNotFound()
+
+    def _check_range_revision(self, op: RequestOp) -> None:
+        request = op.request_range
+        if request is None or request.revision == 0:
+            return
+        if request.revision > self._revision:
+            raise FutureRevision()
+        if request.revision < self._compact_revision:
+            raise Compacted(COMPACTED_MESSAGE)
+
+    def _finish(self, write: _Write) -> list[Event]:
+        if write.events:
+            self._revision += 1
+        return write.events
+
+    def _record(self, rev: Revision, kv: KeyValue) -> None:
+        self._backend[rev] = kv
+        self._size_bytes += len(kv.key) + len(kv.value)
+
+    # -- compaction --------------------------------------------------------------------------
+
+    def compact(self, request: CompactionRequest) -> CompactionResponse:
+        """Forget history before ``request.revision``.
+
+        Reads at any revision ``>=`` it still answer as before; reads before it fail with
+        ``Compacted``. Of each key, the version visible at the compaction revision is kept
+        if the key was alive then.
+
+        Raises:
+            Compacted: ``request.revision`` is not after the previous compaction.
+            FutureRevision: ``request.revision`` is past the current revision.
+        """
+        rev = request.revision
+        if rev <= self._compact_revision:
+            raise Compacted(COMPACTED_MESSAGE)
+        if rev > self._revision:
+            raise FutureRevision()
+        for gone in self._index.compact(rev):
+            kv: KeyValue = self._backend.pop(gone)
+            self._size_bytes -= len(kv.key) + len(kv.value)
+        self._compact_revision = rev
+        return CompactionResponse(header_revision=self._revision)
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def to_obj(self) -> dict[str, Any]:
+        """The whole store as plain data (dict/list/int/bytes) for any encoder (cbor2).
+
+        ``versions`` lists every kept version in revision order as ``[main, sub, key, value,
+        create_revision, version, lease]``; ``create_revision == 0`` marks a tombstone and a
+        version's ``mod_revision`` is its ``main``.
+        """
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "revision": self._revision,
+            "compact_revision": self._compact_revision,
+            "versions": [
+                [rev.main, rev.sub, kv.key, kv.value, kv.create_revision, kv.version, kv.lease]
+                for rev, kv in self._backend.items()
+            ],
+        }
+
+    @classmethod
+    def from_obj(
+        cls, obj: Mapping[str, Any], *, max_txn_ops: int = DEFAULT_MAX_TXN_OPS
+    ) -> MvccStore:
+        store = cls(max_txn_ops=max_txn_ops)
+        store.restore(obj)
+        return store
+
+    def restore(self, obj: Mapping[str, Any]) -> None:
+        """Replace the whole state with ``obj`` (from ``to_obj``), in place.
+
+        Raises:
+            CorruptData: ``obj`` is not a well-formed store image; the store is unchanged.
+        """
+        try:
+            image = _Image.load(obj)
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise CorruptData(f"kv snapshot: {exc}") from exc
+        self._index, self._backend = image.index, image.backend
+        self._revision, self._compact_revision = image.revision, image.compact_revision
+        self._size_bytes = image.size_bytes
+
+
+class _Write:
+    """One write request in progress (etcd's ``storeTxnWrite``); implements ``TxnOps``."""
+
+    __slots__ = ("_store", "begin", "events")
+
+    def __init__(self, store: MvccStore) -> None:
+        self._store = store
+        self.begin = store.revision
+        self.events: list[Event] = []
+
+    @property
+    def revision(self) -> int:
+        """What a read sees now: the start revision, or the new one once it has changes."""
+        return self.begin + 1 if self.events else self.begin
+
+    def _next(self) -> Revision:
+        return Revision(self.begin + 1, len(self.events))
+
+    def op_range(self, request: RangeRequest) -> RangeResponse:
+        return self._store._range(request, self.revision)
+
+    def op_put(self, request: PutRequest) -> PutResponse:
+        store = self._store
+        ki = store._index.key_index(request.key)
+        latest = ki.latest() if ki is not None else None
+        prev: KeyValue | None = store._backend[latest] if latest is not None else None
+        rev = self._next()
+        value, lease = request.value, request.lease
+        if request.ignore_value or request.ignore_lease:
+            assert prev is not None, "ignore_* on a missing key passes the pre-checks"
+            value = prev.value if request.ignore_value else value
+            lease = prev.lease if request.ignore_lease else lease
+        if prev is None:
+            create, version = rev.main, 1
+        else:
+            create, version = prev.create_revision, prev.version + 1
+        kv = KeyValue(request.key, value, create, rev.main, version, lease)
+        store._index.put(request.key, rev)
+        store._record(rev, kv)
+        self.events.append(Event(EventType.PUT, kv, prev))
+        return PutResponse(header_revision=rev.main, prev_kv=prev if request.prev_kv else None)
+
+    def op_delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
+        store = self._store
+        doomed = store._kvs(request.key, request.range_end, self.begin + 1)
+        for kv in doomed:
+            rev = self._next()
+            store._index.tombstone(kv.key, rev)
+            gone = tombstone(kv.key, rev.main)
+            store._record(rev, gone)
+            self.events.append(Event(EventType.DELETE, gone, kv))
+        return DeleteRangeResponse(
+            header_revision=self.revision,
+            deleted=len(doomed),
+            prev_kvs=tuple(doomed) if request.prev_kv else (),
+        )
+
+
+def _filter(kvs: list[KeyValue], request: RangeRequest) -> list[KeyValue]:
+    """etcd's min/max mod/create revision filters (0 means "no bound")."""
+    lo_mod, hi_mod = request.min_mod_revision, request.max_mod_revision
+    lo_create, hi_create = request.min_create_revision, request.max_create_revision
+    if not (lo_mod or hi_mod or lo_create or hi_create):
+        return kvs
+    return [
+        kv
+        for kv in kvs
+        if not (hi_mod and kv.mod_revision > hi_mod)
+        and not (lo_mod and kv.mod_revision < lo_mod)
+        and not (hi_create and kv.create_revision > hi_create)
+        and not (lo_create and kv.create_revision < lo_create)
+    ]
+
+
+class _Image:
+    """A store image read back from plain data and checked, before it replaces anything."""
+
+    def __init__(self) -> None:
+        self.index = TreeIndex()
+        self.backend: SortedDict = SortedDict()
+        self.revision = 1
+        self.compact_revision = -1
+        self.size_bytes = 0
+
+    @classmethod
+    def load(cls, obj: Mapping[str, Any]) -> _Image:
+        image = cls()
+        if obj["format"] != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown format {obj['format']!r}")
+        image.revision = _int(obj["revision"])
+        image.compact_revision = _int(obj["compact_revision"])
+        if image.revision < 1 or image.compact_revision > image.revision:
+            raise ValueError("revision/compact_revision out of order")
+        last = Revision(0, 0)
+        for record in obj["versions"]:
+            main, sub, key, value, create, version, lease = record
+            rev = Revision(_int(main), _int(sub))
+            key, value = bytes(key), bytes(value)
+            create, version, lease = _int(create), _int(version), _int(lease)
+            if rev <= last or rev.main > image.revision or not key:
+                raise ValueError(f"bad version record at {rev}")
+            last = rev
+            ki = image.index.key_index(key)
+            if create == 0:
+                if ki is None or ki.latest() is None:
+                    raise ValueError(f"tombstone of a missing key at {rev}")
+                image.index.tombstone(key, rev)
+                kv = tombstone(key, rev.main)
+            else:
+                if version < 1 or create > rev.main:
+                    raise ValueError(f"bad version record at {rev}")
+                image.index.put(key, rev)
+                kv = KeyValue(key, value, create, rev.main, version, lease)
+            image.backend[rev] = kv
+            image.size_bytes += len(key) + len(kv.value)
+        return image
+
+
+def _int(value: object) -> int:
+    if type(value) is not int:
+        raise TypeError(f"expected an int, got {type(value).__name__}")
+    return value
