@@ -178,9 +178,13 @@ class RawNode:
         r = self.raft
         if self._outstanding is not None:
             return False
+        soft, hard = self._prev_soft, self._prev_hard
         return bool(
-            SoftState(r.lead, r.role) != self._prev_soft
-            or (r.hard_state != self._prev_hard and r.term > 0)
+            r.lead != soft.leader
+            or r.role is not soft.role
+            or r.term != hard.term
+            or r.vote != hard.vote
+            or r.log.committed != hard.commit
             or r.log.unstable.entries
             or r.log.unstable.snapshot is not None
             or r.msgs_after_persist

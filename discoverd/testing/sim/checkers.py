@@ -55,9 +55,11 @@ class Checker:
 
     # ------------------------------------------------------------------ per-event
 
-    def after_event(self) -> None:
+    def after_event(self, touched: list[int]) -> None:
+        """Check the members the event touched (no other member's state changed)."""
         sim = self.sim
-        for nid, node in sorted(sim.nodes.items()):
+        for nid in touched:
+            node = sim.nodes[nid]
             if node.raw is None:
                 continue
             r = node.raw.raft

@@ -191,6 +191,7 @@ class Simulator:
         self.spares = list(range(options.n_voters + 1, options.n_voters + options.n_spares + 1))
         self.ever_removed: set[int] = set()
         self.parked: set[int] = set()
+        self._touched: set[int] = set()
         for i in voters:
             self.nodes[i] = SimNode(i, SimFS(), voters)
             self._start(self.nodes[i])
@@ -202,6 +203,7 @@ class Simulator:
     # ------------------------------------------------------------------ plumbing
 
     def log(self, text: str) -> None:
+        """Trace one line. Callers building costly text check ``self.trace`` first."""
         if self.trace is not None:
             self.trace(f"{self.now / 1000:10.3f}ms {text}")
 
@@ -275,8 +277,15 @@ class Simulator:
             self.now = t
             self.stats.events += 1
             getattr(self, f"_on_{kind}")(*args)
+            if kind in ("client", "marker", "liveness"):
+                self._touched.update(self.nodes)  # these reach any member
+            elif kind in ("tick", "persisted", "restart"):
+                self._touched.add(args[0])
+            elif kind in ("deliver", "snapshot_failed"):
+                self._touched.update(args[:2])
+            touched = sorted(self._touched)
             self._drain_readys()
-            self.checker.after_event()
+            self.checker.after_event(touched)
             if self.liveness and self._liveness_reached():
                 self.checker.final()
                 self.stats.sim_time_us = self.now
@@ -325,7 +334,8 @@ class Simulator:
                 self._report_snapshot_failure(src, dst)
             return
         self.net.stats.delivered += 1
-        self.log(f"n{dst} <- {describe_message(msg)}")
+        if self.trace is not None:
+            self.log(f"n{dst} <- {describe_message(msg)}")
         node.core.step(msg)
 
     def _report_snapshot_failure(self, src: int, dst: int) -> None:
@@ -523,14 +533,14 @@ class Simulator:
     # ------------------------------------------------------------------ Ready handling
 
     def _drain_readys(self) -> None:
-        progressed = True
-        while progressed:
-            progressed = False
-            for nid in sorted(self.nodes):
-                node = self.nodes[nid]
-                if node.core is not None and node.busy is None and node.core.has_ready():
-                    self._take_ready(node)
-                    progressed = True
+        """Handle the Readys of the members the last event touched (only they can have one:
+        a Ready's own effects reach other members as later events)."""
+        while self._touched:
+            nid = min(self._touched)
+            self._touched.discard(nid)
+            node = self.nodes[nid]
+            while node.core is not None and node.busy is None and node.core.has_ready():
+                self._take_ready(node)
 
     def _take_ready(self, node: SimNode) -> None:
         assert node.core is not None
@@ -583,7 +593,8 @@ class Simulator:
             self.stats.snapshots_sent += 1
         fates = self.net.route(m)
         if not fates:
-            self.log(f"   dropped {describe_message(m)}")
+            if self.trace is not None:
+                self.log(f"   dropped {describe_message(m)}")
             if isinstance(m, InstallSnapshot):
                 self._schedule(self.o.delay_mean_us, "snapshot_failed", (m.src, m.dst))
         for delay, data in fates:
