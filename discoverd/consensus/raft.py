@@ -131,6 +131,7 @@ class Raft:
         self.read_only = ReadOnly()
         self.forward_reads: list[bytes] = []
         self.dropped_reads: list[bytes] = []
+        self.append_pending = False
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = config.election_ticks
@@ -561,7 +562,7 @@ class Raft:
             if m.src not in self.prs or self.lead_transferee != NONE:
                 return  # dropped; the follower's client times out and retries
             self._append_entries([Entry(0, 0, EntryKind.NORMAL, d) for d in m.entries])
-            self.bcast_append()
+            self.append_pending = True
 
     def _handle_append_response(self, m: AppendEntriesResponse) -> None:
         pr = self.prs.get(m.src)
@@ -630,7 +631,9 @@ class Raft:
         last = self._append_entries(entries)
         if conf_at:
             self.pending_conf_index = first + conf_at[0]
-        self.bcast_append()
+        # Proposal batching: everything proposed before the next Ready goes to each follower
+        # in one AppendEntries (see ``flush_appends``), not one message per proposal.
+        self.append_pending = True
         return last
 
     def forward_proposal(self, data: list[bytes]) -> None:
@@ -662,6 +665,13 @@ class Raft:
             self.forward_reads.append(context)
         else:
             raise NotLeader(f"member {self.id:x} knows no leader")
+
+    def flush_appends(self) -> None:
+        """Send the entries proposed since the last Ready (called by ``RawNode.ready``)."""
+        if self.append_pending:
+            self.append_pending = False
+            if self.role is Role.LEADER:
+                self.bcast_append()
 
     def has_reads_to_flush(self) -> bool:
         if self.role is Role.LEADER:

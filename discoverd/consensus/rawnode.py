@@ -192,6 +192,7 @@ class RawNode:
             or r.log.has_next_committed_entries()
             or r.read_states
             or r.dropped_reads
+            or r.append_pending
             or r.has_reads_to_flush()
         )
 
@@ -200,6 +201,7 @@ class RawNode:
         if self._outstanding is not None:
             raise ClientError("advance() the previous Ready before asking for another")
         r = self.raft
+        r.flush_appends()
         r.flush_reads()
         rd = Ready()
         soft = SoftState(r.lead, r.role)
