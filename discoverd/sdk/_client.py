@@ -1,0 +1,454 @@
+"""``AsyncClient``: the native-protocol client with failover, on anyio (trio or asyncio).
+
+The client keeps one multiplexed connection, to the *current* endpoint. When that endpoint
+cannot serve — the connection fails, or the member answers ``not_leader`` or
+``unavailable`` — the client moves to the next endpoint (round-robin, or straight to the
+leader when an error names one whose endpoint it has seen) and retries, with a short
+exponential backoff, until ``command_timeout`` runs out.
+
+What is retried is decided by whether a second attempt could apply a write twice:
+
+* reads (``get``, ``status``, a txn made only of reads) are always retried;
+* a write is retried only when the member surely never acted on it: the connection could not
+  be made, the frame was never sent, or the member answered ``not_leader``/``unavailable``
+  (it refuses before proposing);
+* a write that got ``timeout`` or ``proposal_dropped``, or whose connection broke after the
+  frame was sent, raises (``RequestTimeout``, ``ProposalDropped``, ``ConnectionLost``): its
+  outcome is unknown — it may or may not have been applied — and only the caller knows
+  whether repeating it is harmless (a txn guarded by a compare on ``mod_revision`` makes a
+  write safe to repeat).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from discoverd.errors import ClientError, NotLeader, RequestTimeout, Unavailable
+from discoverd.sdk._connection import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    Connection,
+    DialError,
+    Endpoint,
+    parse_endpoint,
+)
+from discoverd.sdk._errors import ConnectionLost, error_from_wire, is_retryable
+from discoverd.sdk._types import (
+    BytesLike,
+    Compare,
+    DeleteResponse,
+    Op,
+    PutResponse,
+    RangeResponse,
+    ResponseHeader,
+    SortOrder,
+    SortTarget,
+    Status,
+    TxnResponse,
+    delete_request,
+    put_request,
+    range_request,
+    txn_request,
+)
+
+ENV_ENDPOINTS = "DISCOVERD_ENDPOINTS"
+DEFAULT_ENDPOINT = "127.0.0.1:2379"
+
+_BACKOFF_FIRST = 0.025
+_BACKOFF_MAX = 0.5
+
+
+def parse_endpoints(endpoints: Sequence[str] | str | None) -> tuple[Endpoint, ...]:
+    """The endpoint list: given, else ``$DISCOVERD_ENDPOINTS``, else ``127.0.0.1:2379``.
+    Strings may be comma-separated; duplicates are dropped (they would only skew the
+    round-robin)."""
+    if endpoints is None:
+        endpoints = os.environ.get(ENV_ENDPOINTS) or DEFAULT_ENDPOINT
+    items = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    parsed: list[Endpoint] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ClientError(f"endpoints must be strings, not {type(item).__name__}")
+        for part in item.split(","):
+            if part.strip():
+                ep = parse_endpoint(part)
+                if ep not in parsed:
+                    parsed.append(ep)
+    if not parsed:
+        raise ClientError("no endpoints given")
+    return tuple(parsed)
+
+
+class AsyncClient:
+    """A client of a discoverd cluster; works under trio and asyncio (anyio).
+
+    Use it as an async context manager — it owns a task group for its connection's reader,
+    so it must be entered and closed by the same task::
+
+        async with AsyncClient("10.0.0.1:2379,10.0.0.2:2379") as client:
+            await client.put("config/app", b"{}")
+            resp = await client.get("config/", prefix=True)
+
+    Args:
+        endpoints: members' client addresses (``host:port`` or ``http://host:port``), as a
+            sequence or one comma-separated string. Default: ``$DISCOVERD_ENDPOINTS``, else
+            ``127.0.0.1:2379``.
+        dial_timeout: bound on connecting to one endpoint.
+        command_timeout: bound on one call, all retries and failovers included.
+        max_request_bytes: requests larger than this are refused locally (a member closes
+            the connection on an over-size frame); match the members' ``--max-request-bytes``.
+
+    Every error raised derives from ``discoverd.errors.DiscoverdError``. Writes that raise
+    ``RequestTimeout``, ``ProposalDropped`` or ``ConnectionLost`` have an unknown outcome
+    (see the module documentation); reads are retried until ``command_timeout``.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str | None = None,
+        *,
+        dial_timeout: float = 2.0,
+        command_timeout: float = 5.0,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        if dial_timeout <= 0 or command_timeout <= 0:
+            raise ClientError("dial_timeout and command_timeout must be positive")
+        self._endpoints = parse_endpoints(endpoints)
+        self.dial_timeout = dial_timeout
+        self.command_timeout = command_timeout
+        self.max_request_bytes = max_request_bytes
+        self._index = 0
+        self._conn: Connection | None = None
+        self._member_ids: dict[Endpoint, int] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._dial_lock: anyio.Lock | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient endpoints={','.join(self.endpoints)} current={self.endpoint}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> AsyncClient:
+        if self._tg is not None or self._closed:
+            raise ClientError("an AsyncClient can be entered only once")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._dial_lock = anyio.Lock()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection and stop the reader. Idempotent; call it from the task that
+        entered the client (``async with`` does)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The configured endpoints, normalised to ``host:port``."""
+        return tuple(str(e) for e in self._endpoints)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint the client talks to now (or will try first)."""
+        return str(self._endpoints[self._index])
+
+    # ------------------------------------------------------------------ KV API
+
+    async def get(
+        self,
+        key: BytesLike,
+        *,
+        range_end: BytesLike | None = None,
+        prefix: bool = False,
+        from_key: bool = False,
+        limit: int = 0,
+        revision: int = 0,
+        sort_order: SortOrder | str | None = None,
+        sort_target: SortTarget | str | None = None,
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+    ) -> RangeResponse:
+        """Read ``key``, or the keys of ``[key, range_end)``.
+
+        ``prefix=True`` reads every key starting with ``key`` (``range_end`` computed as
+        etcd's ``GetPrefixRangeEnd`` does); ``from_key=True`` every key ``>= key``.
+        ``revision`` reads the store as it was then (``Compacted`` if that is gone,
+        ``FutureRevision`` if it has not happened). Linearizable unless ``serializable``
+        (then the answering member's possibly stale copy is read, without a leader round
+        trip). A read is always retried on another member on failure.
+        """
+        fields = range_request(
+            key, range_end=range_end, prefix=prefix, from_key=from_key, limit=limit,
+            revision=revision, sort_order=sort_order, sort_target=sort_target,
+            serializable=serializable, keys_only=keys_only, count_only=count_only,
+            min_mod_revision=min_mod_revision, max_mod_revision=max_mod_revision,
+            min_create_revision=min_create_revision, max_create_revision=max_create_revision,
+        )
+        ok, _ = await self._call("range", fields, retry_safe=True)
+        return RangeResponse.from_wire(ok)
+
+    async def put(
+        self,
+        key: BytesLike,
+        value: BytesLike,
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        ignore_value: bool = False,
+        ignore_lease: bool = False,
+    ) -> PutResponse:
+        """Set ``key`` to ``value`` (attached to ``lease`` when non-zero).
+
+        ``prev_kv`` returns the previous key; ``ignore_value``/``ignore_lease`` keep the
+        current value/lease (``KeyNotFound`` if the key does not exist).
+        Not retried once sent: ``RequestTimeout``, ``ProposalDropped`` or ``ConnectionLost``
+        mean the put may or may not have been applied.
+        """
+        fields = put_request(key, value, lease=lease, prev_kv=prev_kv,
+                             ignore_value=ignore_value, ignore_lease=ignore_lease)
+        ok, _ = await self._call("put", fields, retry_safe=False)
+        return PutResponse.from_wire(ok)
+
+    async def delete(
+        self,
+        key: BytesLike,
+        *,
+        range_end: BytesLike | None = None,
+        prefix: bool = False,
+        from_key: bool = False,
+        prev_kv: bool = False,
+    ) -> DeleteResponse:
+        """Delete ``key``, or the keys of a range (options as for ``get``).
+
+        Not retried once sent: ``RequestTimeout``, ``ProposalDropped`` or ``ConnectionLost``
+        mean the delete may or may not have been applied.
+        """
+        fields = delete_request(key, range_end=range_end, prefix=prefix, from_key=from_key,
+                                prev_kv=prev_kv)
+        ok, _ = await self._call("delete_range", fields, retry_safe=False)
+        return DeleteResponse.from_wire(ok)
+
+    async def txn(
+        self,
+        compare: Iterable[Compare],
+        success: Iterable[Op] = (),
+        failure: Iterable[Op] = (),
+    ) -> TxnResponse:
+        """Atomically: if every comparison holds run ``success``, else ``failure``::
+
+            await client.txn(
+                [Compare.value("lock") == b""],
+                [Op.put("lock", b"me")],
+                [Op.get("lock")],
+            )
+
+        A txn of reads only is retried like a read; one with any write is not retried once
+        sent (``RequestTimeout``/``ProposalDropped``/``ConnectionLost``: outcome unknown).
+        """
+        fields, read_only = txn_request(compare, success, failure)
+        ok, _ = await self._call("txn", fields, retry_safe=read_only)
+        return TxnResponse.from_wire(ok)
+
+    async def compact(self, revision: int, *, physical: bool = False) -> ResponseHeader:
+        """Forget the history before ``revision`` (reads at older revisions then raise
+        ``Compacted``). Treated as a write: not retried once sent."""
+        fields: dict[str, Any] = {"revision": revision}
+        if physical:
+            fields["physical"] = True
+        ok, _ = await self._call("compact", fields, retry_safe=False)
+        return ResponseHeader.from_wire(ok.get("header"))
+
+    async def status(self, endpoint: str | None = None) -> Status:
+        """The status of one member: the current endpoint's (failing over like a read), or
+        that of ``endpoint`` exactly (no failover: ``Unavailable`` if it cannot answer)."""
+        if endpoint is None:
+            ok, answered = await self._call("status", {}, retry_safe=True)
+            return Status.from_wire(ok, str(answered))
+        ep = parse_endpoint(endpoint)
+        ok = await self._call_at(ep, "status", {})
+        return Status.from_wire(ok, str(ep))
+
+    async def call(
+        self, op: str, fields: Mapping[str, Any] | None = None, *, retry_safe: bool = False
+    ) -> dict[str, Any]:
+        """Send a raw protocol request (docs/protocol.md) and return its ``ok`` map, with
+        the same failover and error mapping as the typed methods. ``retry_safe`` says
+        whether the request may be sent twice (a read); leave it False for writes."""
+        ok, _ = await self._call(op, dict(fields or {}), retry_safe=retry_safe)
+        return ok
+
+    # ------------------------------------------------------------------ machinery
+
+    def _task_group(self) -> anyio.abc.TaskGroup:
+        if self._closed:
+            raise ClientError("the client is closed")
+        if self._tg is None:
+            raise ClientError("use the client as 'async with AsyncClient(...) as client:'")
+        return self._tg
+
+    async def _connect_current(self) -> Connection:
+        """The connection to the current endpoint, dialling it if needed. A failed dial
+        moves the client to the next endpoint before raising ``DialError``."""
+        tg = self._task_group()
+        assert self._dial_lock is not None
+        async with self._dial_lock:
+            conn = self._conn
+            if conn is not None and conn.usable:
+                return conn
+            index = self._index
+            try:
+                conn = await Connection.open(
+                    self._endpoints[index], tg, dial_timeout=self.dial_timeout,
+                    send_timeout=self.command_timeout, max_request_bytes=self.max_request_bytes,
+                )
+            except DialError:
+                self._index = (index + 1) % len(self._endpoints)
+                raise
+            if self._closed:  # closed while dialling: do not leak the connection
+                conn.close()
+                raise ClientError("the client is closed")
+            self._conn = conn
+            return conn
+
+    def _move_on(self, conn: Connection, *, leader: int = 0) -> None:
+        """Stop using ``conn`` for new requests and point the client at another endpoint:
+        the one known to belong to ``leader`` if any, else the next one. Only the first of
+        several concurrent failures on the same connection moves the client."""
+        if self._conn is not conn:
+            return
+        conn.retire()
+        self._conn = None
+        for ep, member_id in self._member_ids.items():
+            if leader and member_id == leader and ep != conn.endpoint:
+                self._index = self._endpoints.index(ep)
+                return
+        self._index = (self._endpoints.index(conn.endpoint) + 1) % len(self._endpoints)
+
+    def _learn(self, endpoint: Endpoint, ok: Mapping[str, Any]) -> None:
+        header = ok.get("header")
+        if isinstance(header, Mapping) and type(header.get("member_id")) is int:
+            self._member_ids[endpoint] = header["member_id"]
+
+    async def _call(
+        self, op: str, fields: dict[str, Any], *, retry_safe: bool
+    ) -> tuple[dict[str, Any], Endpoint]:
+        """Send ``op`` with failover; return its ``ok`` map and the endpoint that answered.
+
+        ``retry_safe``: the request cannot change the store, so it may be sent again after
+        any failure; otherwise only after failures that prove it was not acted on.
+        """
+        self._task_group()
+        n = len(self._endpoints)
+        tried: list[str] = []
+        dial_failures = 0
+        retries = 0
+        backoff = _BACKOFF_FIRST
+        waiting_on: Connection | None = None
+        with anyio.move_on_after(self.command_timeout):
+            while True:
+                try:
+                    conn = await self._connect_current()
+                except DialError as e:
+                    tried.append(str(e))
+                    dial_failures += 1
+                    if dial_failures >= n:
+                        raise Unavailable(
+                            f"could not connect to any endpoint ({'; '.join(tried[-n:])})"
+                        ) from None
+                    continue
+                dial_failures = 0
+                waiting_on = conn
+                try:
+                    answer = await conn.request(op, fields)
+                except ConnectionLost as e:
+                    waiting_on = None
+                    self._move_on(conn)
+                    if e.request_sent and not retry_safe:
+                        raise ConnectionLost(
+                            f"{e}; the {op} request had been sent, so it may or may not have "
+                            "been applied", request_sent=True) from None
+                    tried.append(str(e))
+                else:
+                    waiting_on = None
+                    ok = answer.get("ok")
+                    if isinstance(ok, dict):
+                        self._learn(conn.endpoint, ok)
+                        return ok, conn.endpoint
+                    exc = error_from_wire(answer["err"])
+                    if not is_retryable(exc, retry_safe=retry_safe):
+                        raise exc
+                    self._move_on(conn, leader=exc.leader if isinstance(exc, NotLeader) else 0)
+                    tried.append(f"{conn.endpoint}: {exc.code}: {exc}")
+                if retries:
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                retries += 1
+        # command_timeout ran out.
+        if waiting_on is not None:
+            self._move_on(waiting_on)
+            unknown = "" if retry_safe else "; the write may or may not have been applied"
+            raise RequestTimeout(
+                f"no answer to {op} from {waiting_on.endpoint} within "
+                f"{self.command_timeout:g}s{unknown}")
+        raise Unavailable(
+            f"{op} did not succeed within {self.command_timeout:g}s "
+            f"(tried: {'; '.join(tried[-2 * n:]) or 'nothing'})")
+
+    async def _call_at(self, ep: Endpoint, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """One request to one given endpoint, no failover (reusing the current connection
+        when it goes there)."""
+        tg = self._task_group()
+        current = self._conn
+        own: Connection | None = None
+        try:
+            with anyio.fail_after(self.command_timeout):
+                if current is not None and current.usable and current.endpoint == ep:
+                    conn = current
+                else:
+                    own = conn = await Connection.open(
+                        ep, tg, dial_timeout=self.dial_timeout,
+                        send_timeout=self.command_timeout,
+                        max_request_bytes=self.max_request_bytes)
+                answer = await conn.request(op, fields)
+        except DialError as e:
+            raise Unavailable(f"could not connect to {e}") from None
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no answer to {op} from {ep} within {self.command_timeout:g}s") from None
+        finally:
+            if own is not None:
+                own.close()
+        ok = answer.get("ok")
+        if isinstance(ok, dict):
+            self._learn(ep, ok)
+            return ok
+        raise error_from_wire(answer["err"])
+

@@ -1,0 +1,313 @@
+"""One multiplexed connection to one member's client port (docs/protocol.md).
+
+The client sends the magic ``DSC1`` and then length-prefixed cbor2 frames. Any number of
+requests are in flight at once (pipelined): each gets a fresh id, registers a slot in
+``_pending`` and waits on it; a single reader task decodes answers and hands each to the slot
+with its id. The design keeps three promises:
+
+* **Cancellation-safe.** A caller cancelled while waiting only removes its slot; when its
+  answer arrives later the reader finds no slot and drops it, and the connection stays usable
+  for everyone else. A frame is written whole or not at all — the write is shielded from the
+  caller's cancellation (and bounded by its own timeout, after which the connection is
+  useless and closed) — because half a frame would desynchronise the stream for every other
+  request.
+* **Failure is total and typed.** When the connection breaks (EOF, reset, a frame we cannot
+  parse) every pending request fails with ``ConnectionLost``, which records whether that
+  request's frame had been handed to the network; the caller uses that to decide whether a
+  write can be retried.
+* **Retire, don't cut.** ``retire`` stops new requests but lets the ones in flight finish, so
+  moving the client to another member does not turn concurrent writes into "outcome unknown".
+
+Only anyio is used, so the same code runs under trio and asyncio.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+import cbor2
+
+from discoverd.errors import ClientError, RequestTooLarge
+from discoverd.sdk._errors import ConnectionLost
+from discoverd.wire.framing import FrameDecoder, FrameError, encode_frame
+
+MAGIC = b"DSC1"
+DEFAULT_PORT = 2379
+DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
+"""A member's default ``--max-request-bytes``; bigger requests are refused before sending,
+because the member would answer with id 0 and close the connection under every request."""
+
+MAX_ANSWER_BYTES = 512 * 1024 * 1024
+"""Answers larger than this break the connection: it bounds what a garbled length prefix can
+make us buffer, while staying far above any answer a member sends."""
+
+_READ_CHUNK = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A member's client address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """``host:port``, ``http://host:port[/]``, ``[v6]:port`` or a bare host (port 2379)."""
+    s = text.strip()
+    if "://" in s:
+        scheme, s = s.split("://", 1)
+        if scheme.lower() not in ("http", "tcp"):
+            raise ClientError(
+                f"endpoint {text!r}: scheme {scheme!r} is not supported (use host:port or "
+                "http://host:port)")
+        s = s.split("/", 1)[0]
+    if not s:
+        raise ClientError(f"endpoint {text!r} has no host")
+    if s.startswith("["):
+        host, sep, rest = s[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ClientError(f"endpoint {text!r} is not [ipv6]:port")
+        port_text = rest[1:] if rest else ""
+    elif s.count(":") == 1:
+        host, port_text = s.split(":")
+    elif ":" in s:  # a bare IPv6 address
+        host, port_text = s, ""
+    else:
+        host, port_text = s, ""
+    if not host:
+        raise ClientError(f"endpoint {text!r} has no host")
+    if not port_text:
+        return Endpoint(host, DEFAULT_PORT)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ClientError(f"endpoint {text!r}: port must be 1..65535")
+    return Endpoint(host, int(port_text))
+
+
+class _Slot:
+    """Where the reader leaves one request's answer (or the connection's failure)."""
+
+    __slots__ = ("answer", "error", "event", "sent")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.answer: dict[str, Any] | None = None
+        self.error: ConnectionLost | None = None
+        self.sent = False
+
+
+class DialError(Exception):
+    """Connecting to an endpoint failed; nothing was sent, so any request may go elsewhere.
+    Internal: the client turns a run of these into ``Unavailable``."""
+
+    def __init__(self, endpoint: Endpoint, reason: str) -> None:
+        super().__init__(f"{endpoint}: {reason}")
+        self.endpoint = endpoint
+
+
+class Connection:
+    """A connected, multiplexed stream to ``endpoint``; build it with ``Connection.open``."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        stream: anyio.abc.ByteStream,
+        *,
+        send_timeout: float,
+        max_request_bytes: int,
+    ) -> None:
+        self.endpoint = endpoint
+        self._stream = stream
+        self._send_timeout = send_timeout
+        self._max_request_bytes = max_request_bytes
+        self._decoder = FrameDecoder(MAX_ANSWER_BYTES)
+        self._pending: dict[int, _Slot] = {}
+        self._ids = itertools.count(1)  # id 0 is the member's "could not parse your frame"
+        self._send_lock = anyio.Lock()
+        self._scope = anyio.CancelScope()
+        self._broken: str | None = None
+        self._retired = False
+
+    @classmethod
+    async def open(
+        cls,
+        endpoint: Endpoint,
+        task_group: anyio.abc.TaskGroup,
+        *,
+        dial_timeout: float,
+        send_timeout: float,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> Connection:
+        """Connect, send the magic and start the reader in ``task_group`` (which outlives
+        the calling request, so the connection serves later requests too).
+
+        Raises:
+            DialError: refused, unreachable, unresolvable, or not done within
+                ``dial_timeout``.
+        """
+        stream: anyio.abc.ByteStream | None = None
+        try:
+            with anyio.fail_after(dial_timeout):
+                stream = await anyio.connect_tcp(endpoint.host, endpoint.port)
+                await stream.send(MAGIC)
+        except TimeoutError:
+            if stream is not None:
+                await anyio.aclose_forcefully(stream)
+            raise DialError(endpoint, f"no connection within {dial_timeout:g}s") from None
+        except (OSError, anyio.BrokenResourceError) as e:
+            if stream is not None:
+                await anyio.aclose_forcefully(stream)
+            raise DialError(endpoint, str(e) or type(e).__name__) from None
+        except BaseException:
+            if stream is not None:
+                await anyio.aclose_forcefully(stream)
+            raise
+        conn = cls(endpoint, stream, send_timeout=send_timeout,
+                   max_request_bytes=max_request_bytes)
+        task_group.start_soon(conn._read_loop, name=f"discoverd.sdk reader {endpoint}")
+        return conn
+
+    def __repr__(self) -> str:
+        state = f"broken: {self._broken}" if self._broken else (
+            "retired" if self._retired else "open")
+        return f"<Connection {self.endpoint} {state} pending={len(self._pending)}>"
+
+    @property
+    def usable(self) -> bool:
+        """Whether new requests may be sent on this connection."""
+        return self._broken is None and not self._retired
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def request(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and return the member's answer frame (``ok`` or ``err``).
+
+        Raises:
+            ConnectionLost: the connection is or became unusable; ``request_sent`` tells
+                whether the member may have seen the request.
+            ClientError: the request cannot be encoded, or is over ``max_request_bytes``.
+        """
+        if not self.usable:
+            raise ConnectionLost(f"{self.endpoint}: {self._broken or 'connection retired'}")
+        rid = next(self._ids)
+        try:
+            body = cbor2.dumps({**fields, "id": rid, "op": op})
+        except (cbor2.CBOREncodeError, TypeError, ValueError) as e:
+            raise ClientError(f"cannot encode the {op} request: {e}") from None
+        if len(body) > self._max_request_bytes:
+            raise RequestTooLarge(
+                f"the {op} request is {len(body)} bytes; members accept at most "
+                f"{self._max_request_bytes}")
+        frame = encode_frame(body)
+        slot = _Slot()
+        self._pending[rid] = slot
+        try:
+            async with self._send_lock:
+                if self._broken is not None:
+                    raise ConnectionLost(f"{self.endpoint}: {self._broken}")
+                slot.sent = True
+                await self._send_whole(frame)
+            await slot.event.wait()
+        finally:
+            self._pending.pop(rid, None)
+            if self._retired and not self._pending:
+                self.close("retired")
+        if slot.error is not None:
+            raise slot.error
+        assert slot.answer is not None
+        return slot.answer
+
+    async def _send_whole(self, frame: bytes) -> None:
+        # Shielded: a caller's cancellation must not cut a frame in half (see module doc).
+        # Bounded: a member that stopped reading must not hold the shield forever.
+        failure = ""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._send_timeout) as scope:
+            try:
+                await self._stream.send(frame)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+                failure = f"send failed: {e or type(e).__name__}"
+        if scope.cancelled_caught:
+            failure = f"could not send a request within {self._send_timeout:g}s"
+        if failure:
+            self.close(failure)
+            raise ConnectionLost(f"{self.endpoint}: {failure}", request_sent=True)
+
+    def retire(self) -> None:
+        """Take no new requests; close once the requests in flight are answered."""
+        self._retired = True
+        if not self._pending:
+            self.close("retired")
+
+    def close(self, reason: str = "closed by the client") -> None:
+        """Fail every pending request with ``ConnectionLost`` and stop the reader (which
+        closes the stream). Idempotent; safe from any task of the client's event loop."""
+        if self._broken is None:
+            self._broken = reason
+        for slot in self._pending.values():
+            if not slot.event.is_set():
+                slot.error = ConnectionLost(f"{self.endpoint}: {self._broken}",
+                                            request_sent=slot.sent)
+                slot.event.set()
+        self._pending.clear()
+        self._scope.cancel()
+
+    async def _read_loop(self) -> None:
+        reason = "the member closed the connection"
+        try:
+            with self._scope:
+                while True:
+                    try:
+                        data = await self._stream.receive(_READ_CHUNK)
+                    except anyio.EndOfStream:
+                        break
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+                        reason = f"connection broken: {e or type(e).__name__}"
+                        break
+                    self._decoder.feed(data)
+                    while (frame := self._decoder.next_frame()) is not None:
+                        failure = self._dispatch(frame)
+                        if failure:
+                            reason = failure
+                            return
+        except FrameError as e:
+            reason = f"bad frame from the member: {e}"
+        except Exception as e:
+            # A bug or a protocol surprise costs this connection, never the client's task
+            # group (which would tear down the application's own tasks).
+            reason = f"reader failed: {type(e).__name__}: {e}"
+        finally:
+            self.close(reason)
+            await anyio.aclose_forcefully(self._stream)
+
+    def _dispatch(self, frame: bytes) -> str:
+        """Hand one answer to its request; return a reason to drop the connection, or ""."""
+        try:
+            answer = cbor2.loads(frame)
+        except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as e:
+            return f"undecodable answer from the member: {e}"
+        if not isinstance(answer, dict) or type(answer.get("id")) is not int:
+            return "answer without an integer id"
+        rid = answer["id"]
+        if rid == 0:
+            # The member could not parse one of our frames and says so under id 0; it
+            # cannot tell which request it was, so neither can we.
+            err = answer.get("err") or {}
+            return f"the member refused a frame: {err.get('code')}: {err.get('message')}"
+        if not isinstance(answer.get("ok"), dict) and not isinstance(answer.get("err"), dict):
+            return f"answer {rid} has neither an 'ok' nor an 'err' map"
+        slot = self._pending.pop(rid, None)
+        if slot is not None:  # None: its caller was cancelled or timed out; drop the answer
+            slot.answer = answer
+            slot.event.set()
+        return ""
+

@@ -1,0 +1,109 @@
+"""Protocol error codes → ``discoverd.errors`` exceptions, and the SDK's own failure types.
+
+Every exception the SDK raises derives from ``DiscoverdError`` so that one ``except`` clause
+covers the library. The families say what a caller can do:
+
+* ``ClientError`` (``invalid_argument``, ``key_not_found``, ``too_many_ops``, …): the request
+  is wrong; retrying it unchanged cannot help.
+* ``Unavailable`` (``not_leader``, ``unavailable``, ``timeout``, ``proposal_dropped``, and the
+  SDK's ``ConnectionLost``): the cluster could not serve it now. The client already retried
+  what was safe to retry before raising one of these.
+* ``Compacted``: the revision asked for is gone; re-list at a newer revision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from discoverd import errors
+from discoverd.errors import (
+    BadRequest,
+    ClientError,
+    Compacted,
+    DiscoverdError,
+    DuplicateKey,
+    FutureRevision,
+    KeyNotFound,
+    NotLeader,
+    ProposalDropped,
+    RequestTimeout,
+    RequestTooLarge,
+    TooManyOps,
+    Unavailable,
+)
+
+
+class ConnectionLost(Unavailable):
+    """The connection to a member broke while a request was outstanding.
+
+    ``request_sent`` says whether the request's frame had (possibly) been handed to the
+    network: when False the member certainly never saw it, so the client retries it on
+    another member whatever it is. When True, a write's outcome is unknown — it may have been
+    applied — and the client raises this instead of retrying.
+    """
+
+    code = "connection_lost"
+
+    def __init__(self, message: str = "connection lost", *, request_sent: bool = False) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+# The codes docs/protocol.md lists. Codes not listed here but carried by a class in
+# discoverd.errors (e.g. ``empty_key``, ``lease_not_found``) are found by ``_by_code``, so a
+# member newer than this table still gets its errors typed.
+_PROTOCOL_CODES: dict[str, type[DiscoverdError]] = {
+    "invalid_argument": ClientError,
+    "bad_request": BadRequest,
+    "bad_frame": BadRequest,
+    "request_too_large": RequestTooLarge,
+    "too_many_ops": TooManyOps,
+    "duplicate_key": DuplicateKey,
+    "key_not_found": KeyNotFound,
+    "compacted": Compacted,
+    "future_revision": FutureRevision,
+    "not_leader": NotLeader,
+    "proposal_dropped": ProposalDropped,
+    "timeout": RequestTimeout,
+    "unavailable": Unavailable,
+}
+
+
+def _by_code() -> dict[str, type[DiscoverdError]]:
+    table: dict[str, type[DiscoverdError]] = {}
+    for obj in vars(errors).values():
+        if isinstance(obj, type) and issubclass(obj, DiscoverdError):
+            table.setdefault(obj.code, obj)
+    table.update(_PROTOCOL_CODES)
+    return table
+
+
+_CODES = _by_code()
+
+
+def error_from_wire(err: Mapping[str, Any]) -> DiscoverdError:
+    """The exception for an answer's ``err`` map. An unknown code still gives a
+    ``DiscoverdError`` whose ``code`` is the member's, so nothing escapes the tree."""
+    code = str(err.get("code", "unknown"))
+    message = str(err.get("message", "") or code)
+    cls = _CODES.get(code)
+    exc = cls(message) if cls is not None else DiscoverdError(message)
+    if cls is None:
+        exc.code = code
+    leader = err.get("leader", 0)
+    if isinstance(exc, NotLeader | ProposalDropped) and type(leader) is int:
+        exc.leader = leader
+    return exc
+
+
+def is_retryable(exc: DiscoverdError, *, retry_safe: bool) -> bool:
+    """Whether the client may send the request again (to another member).
+
+    ``not_leader`` and ``unavailable`` mean the member did not act on the request, so any
+    request may go elsewhere. ``timeout`` and ``proposal_dropped`` leave a write's outcome
+    unknown: only requests that cannot change the store (``retry_safe``) are retried.
+    """
+    if isinstance(exc, RequestTimeout | ProposalDropped):
+        return retry_safe
+    return isinstance(exc, Unavailable)
