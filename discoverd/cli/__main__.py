@@ -1,104 +1,74 @@
-"""``discoverd`` — entry point and global options; one module per verb family."""
+"""``discoverd`` — entry point and global options; one module per verb family
+(``discoverd/cli/commands/``), printers in ``discoverd/cli/output.py``.
+
+Errors are reported as etcdctl reports them: one line ``Error: <message>`` on stderr and exit
+code 1 — usage mistakes (unknown flag, bad value) included. Heavy modules (the SDK, the
+server) are imported inside the verbs that need them, so ``discoverd get`` starts quickly.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
 from discoverd import __version__
+from discoverd.cli.commands.compaction import compaction
+from discoverd.cli.commands.del_ import del_
+from discoverd.cli.commands.endpoint import endpoint
+from discoverd.cli.commands.get import get
+from discoverd.cli.commands.put import put
+from discoverd.cli.commands.serve import serve
+from discoverd.cli.commands.sim import sim
+from discoverd.cli.commands.txn import txn
+from discoverd.cli.options import global_options
+from discoverd.cli.output import CliError, etcd_error_message
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="discoverd")
-def cli() -> None:
+@global_options(root=True)
+def cli(**_globals: Any) -> None:
     """Service discovery and shared configuration on a Raft-replicated key-value store."""
 
 
-def _flag(
-    name: str, default: object, help_text: str, kind: object = str
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """An option named as etcd's, with a ``DISCOVERD_*`` environment variable."""
-    env = "DISCOVERD_" + name.upper().replace("-", "_")
-    return click.option(f"--{name}", default=default, type=kind, envvar=env,
-                        show_default=True, show_envvar=True, help=help_text)
+for _command in (get, put, del_, txn, compaction, endpoint, serve, sim):
+    cli.add_command(_command)
 
 
-@cli.command()
-@_flag("name", "default", "Human-readable name for this member.")
-@_flag("data-dir", "", "Path to the data directory (default: NAME.discoverd).")
-@_flag("listen-client-urls", "http://127.0.0.1:2379", "URLs to listen on for client traffic.")
-@_flag("advertise-client-urls", "http://127.0.0.1:2379", "Client URLs told to the cluster.")
-@_flag("listen-peer-urls", "http://127.0.0.1:2380", "URLs to listen on for peer traffic.")
-@_flag("initial-advertise-peer-urls", "http://127.0.0.1:2380", "Peer URLs told to the cluster.")
-@_flag("initial-cluster", "", "Initial cluster: NAME=PEER_URL,... (default: just this member).")
-@_flag("initial-cluster-state", "new", "'new' to bootstrap, 'existing' to join.",
-       click.Choice(["new", "existing"]))
-@_flag("initial-cluster-token", "discoverd-cluster", "Cluster token; members with another "
-       "token refuse each other.")
-@_flag("heartbeat-interval", 100, "Time (ms) of a heartbeat interval (one Raft tick).", int)
-@_flag("election-timeout", 1000, "Time (ms) for an election to time out.", int)
-@_flag("snapshot-count", 10_000, "Applied entries between snapshots.", int)
-@_flag("quota-backend-bytes", 2 * 1024**3, "Storage size at which writes stop (NOSPACE).", int)
-@_flag("max-request-bytes", 1536 * 1024, "Largest client request accepted.", int)
-@_flag("log-format", "console", "Log format.", click.Choice(["console", "json"]))
-@_flag("log-level", "info", "Log level.", click.Choice(["debug", "info", "warning", "error"]))
-def serve(**flags: Any) -> None:
-    """Run a discoverd member (a single-member cluster with no flags)."""
-    from discoverd.errors import ClientError, CorruptData
-    from discoverd.server.config import MemberConfig
-    from discoverd.server.member import serve as run
+def _fail(message: str) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(1)
 
-    cfg = MemberConfig(
-        name=flags["name"],
-        data_dir=flags["data_dir"],
-        listen_client_urls=flags["listen_client_urls"],
-        advertise_client_urls=flags["advertise_client_urls"],
-        listen_peer_urls=flags["listen_peer_urls"],
-        initial_advertise_peer_urls=flags["initial_advertise_peer_urls"],
-        initial_cluster=flags["initial_cluster"],
-        initial_cluster_state=flags["initial_cluster_state"],
-        initial_cluster_token=flags["initial_cluster_token"],
-        heartbeat_interval_ms=flags["heartbeat_interval"],
-        election_timeout_ms=flags["election_timeout"],
-        snapshot_count=flags["snapshot_count"],
-        quota_backend_bytes=flags["quota_backend_bytes"],
-        max_request_bytes=flags["max_request_bytes"],
-        log_format=flags["log_format"],
-        log_level=flags["log_level"],
-    )
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI; exit 1 with one ``Error:`` line on any failure."""
+    from discoverd.errors import DiscoverdError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:  # no verb: the help text, as etcdctl prints it
+        click.echo(cli.get_help(click.Context(cli, info_name="discoverd")))
+        return
     try:
-        cfg.validate()
-        run(cfg)
-    except (ClientError, CorruptData) as e:
-        click.echo(f"discoverd serve: {e}", err=True)
+        code = cli.main(args=args, prog_name="discoverd", standalone_mode=False)
+    except click.exceptions.NoSuchOption as e:
+        _fail(f"unknown flag: {e.option_name}")
+    except click.ClickException as e:
+        _fail(e.format_message().replace("\n", " "))
+    except click.exceptions.Abort:
+        _fail("interrupted")
+    except CliError as e:
+        _fail(str(e))
+    except DiscoverdError as e:
+        _fail(etcd_error_message(e))
+    except BrokenPipeError:
         sys.exit(1)
-    except OSError as e:
-        click.echo(f"discoverd serve: {e.strerror or e}: {getattr(e, 'filename', '') or ''}",
-                   err=True)
-        sys.exit(1)
-
-
-@cli.command()
-@click.option("--seed", type=int, default=1, show_default=True, help="The seed to run.")
-@click.option("--trace", is_flag=True, help="Print every event of the run.")
-def sim(seed: int, trace: bool) -> None:
-    """Run one seed of the deterministic cluster simulator (faults, crashes, clients)."""
-    from discoverd.testing.sim import SimFailure, SimOptions, run_seed
-
-    click.echo(SimOptions.swarm(seed).describe())
-    try:
-        result = run_seed(seed, trace=click.echo if trace else None)
-    except SimFailure as e:
-        click.echo(f"FAILED: {e}", err=True)
-        sys.exit(1)
-    click.echo(result.summary())
-
-
-def main() -> None:
-    cli()
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import cbor2
 import structlog
 import trio
 
-from discoverd.errors import ClientError, DiscoverdError, RequestTimeout
+from discoverd.errors import BadRequest, ClientError, DiscoverdError, RequestTimeout
 from discoverd.wire.framing import FrameDecoder, FrameError, encode_frame
 
 MAGIC = b"DSC1"
@@ -68,17 +68,20 @@ class ClientApi:
         self.connections += 1
         try:
             await self._converse(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        except Exception:
-            # A bug in serving one connection must cost that connection only.
-            self.log.exception("client connection failed")
+        except Exception as exc:
+            # A client that went away (closed or reset the connection) is normal; it arrives
+            # wrapped in an ExceptionGroup when a read or write in _converse's nursery saw it.
+            if not _is_disconnect(exc):
+                # A bug in serving one connection must cost that connection only.
+                self.log.exception("client connection failed")
         finally:
             self.connections -= 1
             await trio.aclose_forcefully(stream)
 
     async def _converse(self, stream: trio.SocketStream) -> None:
-        decoder = FrameDecoder(self.max_request_bytes + 1024)
+        # The limit is on the request itself (the frame's payload), as docs/protocol.md and
+        # the SDK's local check (len(body) > max_request_bytes) say: no slack.
+        decoder = FrameDecoder(self.max_request_bytes)
         with trio.move_on_after(10):
             while decoder.buffered < len(MAGIC):
                 data = await stream.receive_some(65536)
@@ -133,7 +136,7 @@ class ClientApi:
             try:
                 req = cbor2.loads(frame)
                 if not isinstance(req, dict):
-                    raise ClientError("a request must be a cbor map")
+                    raise BadRequest("a request must be a cbor map")
                 rid = req.get("id")
                 if type(rid) is not int or rid < 0:
                     raise ClientError("request 'id' must be a non-negative integer")
@@ -160,6 +163,13 @@ class ClientApi:
                               "err": {"code": "bad_request", "message": f"bad request: {e}"}})
         finally:
             limiter.release()
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    """True if ``exc`` (or every exception in the group) only says the peer went away."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_disconnect(e) for e in exc.exceptions)
+    return isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError)
 
 
 def field(req: dict[str, Any], name: str, kind: type, *, default: Any = None) -> Any:

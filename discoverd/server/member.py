@@ -137,9 +137,15 @@ class Member:
     async def run(self, *, task_status: trio.TaskStatus[Member] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
         try:
-            async with trio.open_nursery() as nursery:
-                peer_listeners = await _listen(parse_urls(cfg.listen_peer_urls))
+            # Bind before opening the nursery: a port in use is then a plain OSError that
+            # `discoverd serve` reports in one line, not an ExceptionGroup traceback.
+            peer_listeners = await _listen(parse_urls(cfg.listen_peer_urls))
+            try:
                 client_listeners = await _listen(parse_urls(cfg.listen_client_urls))
+            except OSError:
+                await _close_all(peer_listeners)
+                raise
+            async with trio.open_nursery() as nursery:
                 await nursery.start(self.transport.serve, peer_listeners)
                 await nursery.start(self.transport.run)
                 await nursery.start(self.loop.run)
@@ -206,11 +212,21 @@ def _lock_data_dir(data_dir: str) -> IO[bytes]:
 
 
 async def _listen(urls: list[str]) -> list[trio.SocketListener]:
+    """Listen on every URL; an ``OSError`` names the URL that failed (as its filename)."""
     listeners: list[trio.SocketListener] = []
     for url in urls:
         host, port = parse_url(url)
-        listeners.extend(await trio.open_tcp_listeners(port, host=host))
+        try:
+            listeners.extend(await trio.open_tcp_listeners(port, host=host))
+        except OSError as e:
+            await _close_all(listeners)
+            raise OSError(e.errno, e.strerror or str(e), url) from e
     return listeners
+
+
+async def _close_all(listeners: list[trio.SocketListener]) -> None:
+    for listener in listeners:
+        await listener.aclose()
 
 
 def serve(cfg: MemberConfig) -> None:

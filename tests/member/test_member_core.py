@@ -10,8 +10,8 @@ from discoverd.consensus.messages import ConfChange, ConfChangeKind, Entry, Mess
 from discoverd.consensus.raft import Config
 from discoverd.consensus.storage import MemoryStorage
 from discoverd.errors import NotLeader
-from discoverd.testing.register import RegisterMachine, encode_put
 from discoverd.member.core import Completion, MemberCore, Reply
+from discoverd.testing.register import RegisterMachine, encode_put
 
 
 class Trio:

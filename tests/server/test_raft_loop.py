@@ -13,9 +13,9 @@ import trio.testing
 from discoverd.consensus.messages import Message
 from discoverd.consensus.raft import Config
 from discoverd.consensus.storage import MemoryStorage
-from discoverd.testing.register import RegisterMachine, encode_put
 from discoverd.member.core import MemberCore
 from discoverd.server.raft_loop import RaftLoop, run_inline
+from discoverd.testing.register import RegisterMachine, encode_put
 
 TICK = 0.1
 ELECTION_TICKS = 10

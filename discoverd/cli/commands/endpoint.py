@@ -1,0 +1,85 @@
+"""``discoverd endpoint status|health``: etcdctl's ``endpoint`` verbs, for every endpoint of
+``--endpoints`` (``--cluster`` is not offered: the members have no member-list op yet)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import click
+
+from discoverd.cli.options import Globals, global_options, take_globals
+from discoverd.cli.output import (
+    CliError,
+    EndpointHealth,
+    EndpointStatus,
+    etcd_error_message,
+    write_out,
+)
+
+
+@click.group("endpoint", short_help="Endpoint related commands.")
+@global_options(root=False)
+def endpoint(**_flags: Any) -> None:
+    """Status and health of the members named by --endpoints."""
+
+
+@endpoint.command("status", short_help="Prints out the status of endpoints specified in "
+                                       "`--endpoints` flag.")
+@global_options(root=False)
+@click.pass_context
+def status(ctx: click.Context, /, **flags: Any) -> None:
+    """One line per endpoint: endpoint, ID, version, db size, is leader, is learner, raft
+    term, raft index, raft applied index, errors. An endpoint that cannot answer is reported
+    on stderr and makes the exit code 1."""
+    from discoverd.errors import DiscoverdError
+
+    g = take_globals(ctx, flags)
+    printer = g.printer()
+    found: list[EndpointStatus] = []
+    failed = False
+    with g.client() as client:
+        for ep in g.endpoints:
+            try:
+                found.append(EndpointStatus(ep, client.status(ep)))
+            except DiscoverdError as e:
+                failed = True
+                write_out(f"Failed to get the status of endpoint {ep} "
+                          f"({etcd_error_message(e)})\n".encode(), err=True)
+    write_out(printer.endpoint_status(found))
+    if failed:
+        ctx.exit(1)
+
+
+def _check_health(g: Globals, ep: str) -> EndpointHealth:
+    """etcdctl's check: a linearizable read of the key ``health`` through this endpoint
+    alone (it needs a leader and a quorum to answer)."""
+    from discoverd.errors import DiscoverdError
+
+    start = time.monotonic_ns()
+    try:
+        with g.client((ep,)) as client:
+            start = time.monotonic_ns()
+            client.get("health")
+    except DiscoverdError as e:
+        return EndpointHealth(ep, False, time.monotonic_ns() - start, etcd_error_message(e))
+    return EndpointHealth(ep, True, time.monotonic_ns() - start)
+
+
+@endpoint.command("health", short_help="Checks the healthiness of endpoints specified in "
+                                       "`--endpoints` flag.")
+@global_options(root=False)
+@click.pass_context
+def health(ctx: click.Context, /, **flags: Any) -> None:
+    """Whether each endpoint serves a linearizable read, and how long it took; exit code 1
+    (``Error: unhealthy cluster``) if any does not."""
+    g = take_globals(ctx, flags)
+    printer = g.printer()
+    with ThreadPoolExecutor(max_workers=len(g.endpoints)) as pool:
+        results = list(pool.map(lambda ep: _check_health(g, ep), g.endpoints))
+    out, err = printer.endpoint_health(results)
+    write_out(out)
+    write_out(err, err=True)
+    if not all(h.health for h in results):
+        raise CliError("unhealthy cluster")
