@@ -10,7 +10,7 @@ from discoverd.cli.options import global_options, parse_int, take_globals
 from discoverd.cli.output import CliError, Printer, write_out
 
 
-@click.command("compaction", short_help="Compacts the event history in etcd.")
+@click.command("compaction", short_help="Compacts the event history (keeps the latest versions).")
 @global_options(root=False)
 @click.argument("args", nargs=-1, metavar="REV")
 @click.option("--physical", is_flag=True,
