@@ -392,6 +392,9 @@ class Simulator:
                 if node.core is not None:
                     self.log(f"n{nid} parked: not a member of the current configuration")
                     self._crash(node, "not a member")
+                if nid not in self.ever_removed:
+                    # (a member that was down already is parked too: a membership change
+                    # still in flight may yet make it a member)
                     self.parked.add(nid)
                 node.removed = True
             elif node.core is None:
