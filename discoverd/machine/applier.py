@@ -36,7 +36,6 @@ class KvMachine:
         self.store = MvccStore(max_txn_ops=max_txn_ops)
         self.max_txn_ops = max_txn_ops
         self.applied = 0
-        self.events: list[Event] = []  # produced since the watch hub last took them
 
     def __repr__(self) -> str:
         return f"<KvMachine applied={self.applied} revision={self.store.revision}>"
@@ -71,12 +70,8 @@ class KvMachine:
             return store.compact(req)
         else:
             raise ClientError("not a kv write command")
-        self.events.extend(events)
+        del events  # the watch hub (issue 5) will route them; nothing may hoard them before
         return resp
-
-    def take_events(self) -> list[Event]:
-        events, self.events = self.events, []
-        return events
 
     def snapshot(self) -> bytes:
         return cbor2.dumps({"applied": self.applied, "store": self.store.to_obj()})
@@ -93,4 +88,3 @@ class KvMachine:
             raise CorruptData(f"snapshot is not a kv machine image: {e}") from e
         self.store.restore(store)
         self.applied = applied
-        self.events = []

@@ -171,19 +171,3 @@ def _is_disconnect(exc: BaseException) -> bool:
         return all(_is_disconnect(e) for e in exc.exceptions)
     return isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError)
 
-
-def field(req: dict[str, Any], name: str, kind: type, *, default: Any = None) -> Any:
-    """A request field of the given type, or ``default`` when absent; ``ClientError`` names
-    the field when it has the wrong type."""
-    if name not in req:
-        if default is None:
-            raise ClientError(f"missing field {name!r}")
-        return default
-    value = req[name]
-    if kind is bytes and isinstance(value, bytearray):
-        value = bytes(value)
-    wrong = type(value) is not int if kind is int else not isinstance(value, kind)
-    if wrong:
-        raise ClientError(f"field {name!r} must be {kind.__name__}")
-    return value
-

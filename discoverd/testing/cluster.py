@@ -21,7 +21,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -280,10 +280,3 @@ class ProcessCluster:
     def wait_ready(self, m: MemberProcess, timeout: float = 20.0) -> dict[str, Any]:
         return wait_for(f"{m.name} to answer", m.status, timeout=timeout)
 
-    @contextlib.contextmanager
-    def client_of(self, m: MemberProcess) -> Iterator[NativeClient]:
-        c = m.client()
-        try:
-            yield c
-        finally:
-            c.close()
