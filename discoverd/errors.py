@@ -158,6 +158,49 @@ class DuplicateKey(ClientError):
         super().__init__(message)
 
 
+class LeaseExists(ClientError):
+    """A grant named a lease id that is already in use."""
+
+    code = "lease_exists"
+
+    def __init__(self, message: str = "etcdserver: lease already exists") -> None:
+        super().__init__(message)
+
+
+class LeaseTTLTooLarge(ClientError):
+    """A grant asked for a TTL above the maximum (9,000,000,000 s, as etcd)."""
+
+    code = "lease_ttl_too_large"
+
+    def __init__(self, message: str = "etcdserver: too large lease TTL") -> None:
+        super().__init__(message)
+
+
+class WatchNotFound(ClientError):
+    """A cancel or progress request named a watch this connection does not have."""
+
+    code = "watch_not_found"
+
+    def __init__(self, message: str = "watch not found") -> None:
+        super().__init__(message)
+
+
+class TooManyWatches(ClientError):
+    """A connection asked for more concurrent watches than the member allows."""
+
+    code = "too_many_watches"
+
+
+class NoLeader(Unavailable):
+    """The member has no leader (etcd's ``require leader``): a watch fails fast instead of
+    hanging; resume on another member."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str = "etcdserver: no leader") -> None:
+        super().__init__(message)
+
+
 # --- client protocol errors (docs/protocol.md) that the SDK maps answers to. ---
 
 
