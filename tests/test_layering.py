@@ -16,6 +16,7 @@ RULES: dict[str, set[str]] = {
     "consensus": {"errors"},
     "wire": {"errors", "consensus", "kv"},
     "kv": {"errors"},
+    "leases": {"errors"},
     "storage": {"errors", "consensus"},
     "member": {"errors", "consensus", "machine", "storage", "wire"},
     "machine": {"errors", "consensus", "kv", "leases", "registry", "wire"},
