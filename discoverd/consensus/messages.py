@@ -193,6 +193,15 @@ class ForwardProposal(Message):
     entries: tuple[bytes, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class AppMessage(Message):
+    """Not Raft's: an opaque payload the member layer sends to a peer over the same link
+    (e.g. a follower forwarding a lease keep-alive to the leader, which only the leader can
+    serve). Raft never sees one; the runtime routes it before stepping."""
+
+    payload: bytes = b""
+
+
 # ----------------------------------------------------------------------------- plain-data codec
 
 _MESSAGE_TYPES: tuple[type[Message], ...] = (
@@ -207,6 +216,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     ReadIndexRequest,
     ReadIndexResponse,
     ForwardProposal,
+    AppMessage,
 )
 _TYPE_CODE = {t: i for i, t in enumerate(_MESSAGE_TYPES)}
 
@@ -307,6 +317,8 @@ def to_obj(m: Message) -> list[Any]:
             return [*head, m.index, list(m.contexts)]
         case ForwardProposal():
             return [*head, list(m.entries)]
+        case AppMessage():
+            return [*head, m.payload]
     raise AssertionError(f"unknown message type {type(m).__name__}")
 
 
@@ -359,6 +371,9 @@ def from_obj(o: Any) -> Message:
         (a,) = want(1)
         return ReadIndexRequest(term, src, dst,
                                 tuple(_bytes(c, "context") for c in _list(a, "contexts")))
+    if cls is AppMessage:
+        (a,) = want(1)
+        return AppMessage(term, src, dst, _bytes(a, "payload"))
     if cls is ForwardProposal:
         (a,) = want(1)
         datas = tuple(_bytes(d, "entry") for d in _list(a, "entries"))

@@ -138,6 +138,7 @@ class Raft:
         self.lead_transferee = NONE
         self.pending_conf_index = 0
         self.snapshot_elapsed: dict[int, int] = {}
+        self._quorum_was_active = False
         self._set_conf_state(cs)
         self.become_follower(self.term, NONE)
         if fresh and config.voters:
@@ -178,6 +179,22 @@ class Raft:
     def promotable(self) -> bool:
         """Only a voter that holds no unapplied membership change may campaign."""
         return self.id in self.conf_state.voters and self.log.unstable.snapshot is None
+
+    def quorum_active(self) -> bool:
+        """Whether this leader has heard from a quorum lately: in the current check-quorum
+        window, or — early in a window, before followers have had a heartbeat round to
+        answer — in the previous one. A leader that cannot say so must not act on its own
+        clock (e.g. expire leases): it may already have been replaced."""
+        if self.role is not Role.LEADER:
+            return False
+        active = {pid for pid, pr in self.prs.items() if pr.recent_active or pid == self.id}
+        if has_quorum(self.conf_state.voters, active):
+            return True
+        return self._quorum_was_active and self.election_elapsed <= 2 * self.cfg.heartbeat_ticks
+
+    def committed_in_current_term(self) -> bool:
+        """Whether an entry of this term is committed (a new leader's log is then final)."""
+        return self._committed_in_current_term()
 
     def _has_unapplied_conf_change(self) -> bool:
         lo, hi = self.log.applied + 1, self.log.committed + 1
@@ -312,6 +329,7 @@ class Raft:
         self.role = Role.LEADER
         for pr in self.prs.values():
             pr.recent_active = True
+        self._quorum_was_active = True
         me = self.prs.get(self.id)
         if me is not None:
             me.become_replicate()
@@ -393,7 +411,8 @@ class Raft:
                 active = {pid for pid, pr in self.prs.items() if pr.recent_active or pid == self.id}
                 for pid, pr in self.prs.items():
                     pr.recent_active = pid == self.id
-                if not has_quorum(self.conf_state.voters, active):
+                self._quorum_was_active = has_quorum(self.conf_state.voters, active)
+                if not self._quorum_was_active:
                     # §6.2 of the thesis: a leader that cannot reach a quorum steps down, so
                     # clients stop waiting on it and a reachable majority can elect.
                     self.become_follower(self.term, NONE)

@@ -778,6 +778,27 @@ def test_leader_without_quorum_steps_down() -> None:
         env.propose(1, b"x")
 
 
+def test_quorum_active_says_whether_the_leader_heard_from_a_majority_lately() -> None:
+    """What the lease timer asks before acting on the leader's clock: a leader cut off from
+    its followers stops saying its quorum is active well before check-quorum deposes it."""
+    env = InteractionEnv.cluster(3)
+    env.elect(1)
+    leader = raft(env, 1)
+    assert leader.quorum_active()
+    env.tick_election(1)  # a check-quorum round with the followers answering
+    env.stabilize()
+    env.tick(1, 1)
+    env.stabilize()
+    assert leader.quorum_active()
+    env.isolate(1)
+    env.tick(1, leader.cfg.election_ticks - leader.election_elapsed)  # the window closes
+    assert leader.role is Role.LEADER  # the previous window had a quorum: still leading
+    env.tick(1, 2 * leader.cfg.heartbeat_ticks + 1)
+    assert leader.role is Role.LEADER
+    assert not leader.quorum_active()
+    assert not raft(env, 2).quorum_active()  # followers never claim one
+
+
 def test_leader_with_quorum_stays() -> None:
     """Thesis §6.2: a leader that hears from a majority each election timeout keeps its role."""
     env = InteractionEnv.cluster(3)
@@ -952,6 +973,7 @@ SAMPLES: list[Message] = [
     ReadIndexRequest(3, 2, 1, contexts=(b"r1", b"r2")),
     ReadIndexResponse(3, 1, 2, index=8, contexts=(b"r1",)),
     ForwardProposal(3, 2, 1, entries=(b"put a", b"")),
+    msgs.AppMessage(0, 2, 1, payload=b"\xa1ax\x01"),
 ]
 
 
