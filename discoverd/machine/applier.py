@@ -1,14 +1,27 @@
-"""``KvMachine``: the replicated state machine members run — the MVCC store behind Raft.
+"""``KvMachine``: the replicated state machine members run — the MVCC store, the leases on
+it, and the watch hub that turns applied writes into watch events.
 
-A committed entry holds one client write as the protocol's own map (``{"op": "put", ...}``,
-cbor2), decoded again here on every member by the same decoder the server used to refuse bad
-requests before proposing them; so a member applies exactly what it was asked, identically
-everywhere. An entry that fails (e.g. ``compacted``, ``key_not_found``) applies as a no-op and
-answers its proposer with the error — deterministically, on every member alike.
+A committed entry holds one command as the protocol's own map (``{"op": "put", ...}``,
+cbor2), decoded again here on every member by the same decoders the server used to refuse
+bad requests before proposing them; so a member applies exactly what it was asked,
+identically everywhere. An entry that fails (e.g. ``compacted``, ``lease_not_found``)
+applies as a no-op and answers its proposer with the error — deterministically, on every
+member alike.
+
+Commands: the client writes (``put``, ``delete_range``, ``txn``, ``compact``,
+``lease_grant``, ``lease_revoke``) and two that only a leader proposes: ``lease_expire``
+(many expired leases, one revision each, one entry for all) and ``lease_checkpoint``
+(remaining TTLs, see ``leases/lessor.py``).
+
+The replicated state is the store and the leases' replicated half. The lessor's primary
+half and the watch hub are local to this member: they are driven from here because they
+must see every change in apply order, but nothing they hold goes into a snapshot.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cbor2
@@ -19,72 +32,192 @@ from discoverd.kv.requests import (
     CompactionRequest,
     DeleteRangeRequest,
     PutRequest,
+    RangeRequest,
     TxnRequest,
 )
-from discoverd.kv.revision import Event
+from discoverd.kv.revision import Event, EventType
 from discoverd.kv.store import MvccStore
+from discoverd.kv.watch import WatchHub
+from discoverd.leases.lessor import Lessor
 from discoverd.wire.kv_codec import WRITE_OPS, decode_request
+from discoverd.wire.lease_watch_codec import (
+    decode_checkpoints,
+    decode_lease_grant,
+    decode_lease_id,
+    decode_lease_ids,
+)
+
+LEASE_WRITE_OPS = ("lease_grant", "lease_revoke")
+"""Lease commands a client may send (the member proposes them)."""
+
+INTERNAL_OPS = ("lease_expire", "lease_checkpoint")
+"""Commands only the leader's own lease timer proposes; never accepted from a client."""
+
+SNAPSHOT_FORMAT = 2
 
 
 def encode_command(op: str, fields: dict[str, Any]) -> bytes:
-    """The entry data for a client write (``fields`` as received, minus ``id``/``op``)."""
+    """The entry data for a command (``fields`` as received, minus ``id``/``op``)."""
     return cbor2.dumps({**fields, "op": op})
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseGranted:
+    header_revision: int
+    id: int
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevoked:
+    header_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeasesExpired:
+    header_revision: int
+    revoked: int
+
+
 class KvMachine:
-    def __init__(self, *, max_txn_ops: int = 128) -> None:
+    """The state machine of DESIGN §1. ``min_ttl``/``grace`` configure the lessor."""
+
+    def __init__(
+        self,
+        *,
+        max_txn_ops: int = 128,
+        min_ttl: int = 2,
+        grace: float = 1.0,
+        max_buffered_events: int = 1024,
+    ) -> None:
         self.store = MvccStore(max_txn_ops=max_txn_ops)
         self.max_txn_ops = max_txn_ops
+        self.lessor = Lessor(min_ttl=min_ttl, grace=grace)
+        self.hub = WatchHub(self.store, max_buffered_events=max_buffered_events)
         self.applied = 0
+        self.woken: set[int] = set()
+        """Watchers with something new to send since the shell last emptied this set."""
+        self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "lease_grant": self._lease_grant,
+            "lease_revoke": self._lease_revoke,
+            "lease_expire": self._lease_expire,
+            "lease_checkpoint": self._lease_checkpoint,
+        }
 
     def __repr__(self) -> str:
-        return f"<KvMachine applied={self.applied} revision={self.store.revision}>"
+        return (f"<KvMachine applied={self.applied} revision={self.store.revision}"
+                f" leases={len(self.lessor)} watchers={len(self.hub)}>")
 
     def apply(self, entry: Entry) -> Any:
-        """Apply one committed entry; returns a kv response, or the error it failed with."""
+        """Apply one committed entry; returns the response, or the error it failed with."""
         self.applied = entry.index
         if entry.kind is not EntryKind.NORMAL or not entry.data:
             return None
         try:
             cmd = cbor2.loads(entry.data)
-            if not isinstance(cmd, dict) or cmd.get("op") not in WRITE_OPS:
-                raise ClientError("not a kv write command")
-            req = decode_request(cmd["op"], cmd)
-            return self._execute(req)
+            if not isinstance(cmd, dict):
+                raise ClientError("not a command")
+            op = cmd.get("op")
+            if op in WRITE_OPS:
+                return self._execute(decode_request(op, cmd))
+            handler = self._ops.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise ClientError(f"unknown command {op!r}")
+            return handler(cmd)
         except DiscoverdError as e:
             return e
         except (ValueError, TypeError, EOFError, cbor2.CBORDecodeError) as e:
             return ClientError(f"malformed command: {e}")
 
+    # ------------------------------------------------------------------ kv
+
     def _execute(self, req: Any) -> Any:
         store = self.store
-        events: list[Event]
+        exists = self.lessor.exists
         resp: Any
+        events: list[Event]
         if isinstance(req, PutRequest):
-            resp, events = store.put(req)
+            resp, events = store.put(req, lease_exists=exists)
         elif isinstance(req, DeleteRangeRequest):
             resp, events = store.delete_range(req)
         elif isinstance(req, TxnRequest):
-            resp, events = store.txn(req)
+            resp, events = store.txn(req, lease_exists=exists)
         elif isinstance(req, CompactionRequest):
-            return store.compact(req)
+            resp = store.compact(req)
+            self.woken |= self.hub.on_compact()
+            return resp
         else:
             raise ClientError("not a kv write command")
-        del events  # the watch hub (issue 5) will route them; nothing may hoard them before
+        self._changed(events)
         return resp
 
+    def _changed(self, events: list[Event]) -> None:
+        """One revision's events: keep lease attachments in step, then tell the watchers."""
+        if not events:
+            return
+        lessor = self.lessor
+        for ev in events:
+            prev = ev.prev_kv
+            if prev is not None and prev.lease:
+                lessor.detach(prev.key, prev.lease)
+            if ev.type is EventType.PUT and ev.kv.lease:
+                lessor.attach(ev.kv.key, ev.kv.lease)
+        self.woken |= self.hub.notify(events)
+
+    # ------------------------------------------------------------------ leases
+
+    def _lease_grant(self, cmd: dict[str, Any]) -> LeaseGranted:
+        lease_id, ttl = decode_lease_grant(cmd)
+        lease = self.lessor.grant(lease_id, ttl)
+        return LeaseGranted(self.store.revision, lease.id, lease.ttl)
+
+    def _revoke(self, lease_id: int) -> None:
+        keys = self.lessor.revoke(lease_id)
+        if keys:
+            _, events = self.store.delete_keys(keys)
+            self._changed(events)
+
+    def _lease_revoke(self, cmd: dict[str, Any]) -> LeaseRevoked:
+        self._revoke(decode_lease_id(cmd))
+        return LeaseRevoked(self.store.revision)
+
+    def _lease_expire(self, cmd: dict[str, Any]) -> LeasesExpired:
+        revoked = 0
+        for lease_id in decode_lease_ids(cmd):
+            if self.lessor.exists(lease_id):  # renewed-and-revoked races land here
+                self._revoke(lease_id)
+                revoked += 1
+        return LeasesExpired(self.store.revision, revoked)
+
+    def _lease_checkpoint(self, cmd: dict[str, Any]) -> None:
+        self.lessor.checkpoint(decode_checkpoints(cmd))
+
+    # ------------------------------------------------------------------ snapshots
+
     def snapshot(self) -> bytes:
-        return cbor2.dumps({"applied": self.applied, "store": self.store.to_obj()})
+        return cbor2.dumps({
+            "format": SNAPSHOT_FORMAT,
+            "applied": self.applied,
+            "store": self.store.to_obj(),
+            "leases": self.lessor.to_obj(),
+        })
 
     def restore(self, data: bytes) -> None:
         if not data:
-            self.store = MvccStore(max_txn_ops=self.max_txn_ops)
+            self.store.restore(MvccStore(max_txn_ops=self.max_txn_ops).to_obj())
+            self.lessor.restore(None, ())
             self.applied = 0
+            self.woken |= self.hub.on_restore()
             return
         try:
             image = cbor2.loads(data)
             applied, store = image["applied"], image["store"]
+            leases = image.get("leases")
         except (ValueError, TypeError, KeyError, EOFError, cbor2.CBORDecodeError) as e:
             raise CorruptData(f"snapshot is not a kv machine image: {e}") from e
         self.store.restore(store)
+        everything = RangeRequest(key=b"\0", range_end=b"\0")
+        attached = [(kv.key, kv.lease) for kv in self.store.range(everything).kvs if kv.lease]
+        self.lessor.restore(leases, attached)
         self.applied = applied
+        self.woken |= self.hub.on_restore()

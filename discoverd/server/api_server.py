@@ -6,7 +6,12 @@ Request ``{"id": int, "op": str, ...}``; answer ``{"id", "ok": {..., "header": {
 problem; a frame over ``--max-request-bytes`` gets an error and the connection is closed
 (its remaining bytes cannot be trusted); nothing a client sends can stop the member.
 
-Ops are a table (``Ops``) so later issues add theirs without touching the connection code.
+Ops are tables so later issues add theirs without touching the connection code: *unary*
+handlers answer once (bounded by the request timeout); *stream* handlers (a watch) send any
+number of ``ok`` frames under the request's id with ``emit`` and end by returning (or raising,
+which sends an ``err`` frame); they run until then or until the connection closes, and do
+not count against the in-flight bound. Every handler gets the ``Connection`` it serves, for
+per-connection state (its watches).
 """
 
 from __future__ import annotations
@@ -22,7 +27,23 @@ from discoverd.errors import BadRequest, ClientError, DiscoverdError, RequestTim
 from discoverd.wire.framing import FrameDecoder, FrameError, encode_frame
 
 MAGIC = b"DSC1"
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Connection:
+    """One client connection, as handlers see it: ``state`` holds what ops keep per
+    connection (e.g. its watch ids); ``closing`` is set when it ends."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.state: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.number}>"
+
+
+Handler = Callable[[dict[str, Any], Connection], Awaitable[dict[str, Any]]]
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+StreamHandler = Callable[[dict[str, Any], Connection, Emit], Awaitable[None]]
 
 
 def error_body(exc: DiscoverdError) -> dict[str, Any]:
@@ -40,12 +61,15 @@ class ClientApi:
         self,
         ops: dict[str, Handler],
         *,
+        streams: dict[str, StreamHandler] | None = None,
         max_request_bytes: int,
         log: Any = None,
         max_in_flight: int = 1024,
         request_timeout: float = 5.0,
     ) -> None:
         self.ops = ops
+        self.streams = streams or {}
+        self._numbers = 0
         self.request_timeout = request_timeout
         self.max_request_bytes = max_request_bytes
         self.max_in_flight = max_in_flight
@@ -98,6 +122,8 @@ class ClientApi:
             return
         write_lock = trio.StrictFIFOLock()
         limiter = trio.Semaphore(self.max_in_flight)
+        self._numbers += 1
+        conn = Connection(self._numbers)
 
         async def answer(frame: dict[str, Any]) -> None:
             payload = encode_frame(cbor2.dumps(frame))
@@ -122,14 +148,16 @@ class ClientApi:
                     decoder.feed(data)
                     continue
                 await limiter.acquire()
-                nursery.start_soon(self._serve_one, frame, answer, limiter)
+                nursery.start_soon(self._serve_one, frame, conn, answer, limiter)
 
     async def _serve_one(
         self,
         frame: bytes,
+        conn: Connection,
         answer: Callable[[dict[str, Any]], Awaitable[None]],
         limiter: trio.Semaphore,
     ) -> None:
+        released = False
         try:
             self.requests += 1
             rid: Any = 0
@@ -143,12 +171,25 @@ class ClientApi:
                 op = req.get("op")
                 if not isinstance(op, str):
                     raise ClientError("request 'op' must be a string")
+                stream = self.streams.get(op)
+                if stream is not None:
+                    # A stream lives as long as the client wants it: it holds no in-flight
+                    # slot and has no request timeout (its op bounds its own resources).
+                    limiter.release()
+                    released = True
+                    stream_id = rid
+
+                    async def emit(body: dict[str, Any]) -> None:
+                        await answer({"id": stream_id, "ok": body})
+
+                    await stream(req, conn, emit)
+                    return
                 handler = self.ops.get(op)
                 if handler is None:
                     raise ClientError(f"unknown op {op!r}")
                 result = None
                 with trio.move_on_after(self.request_timeout) as scope:
-                    result = await handler(req)
+                    result = await handler(req, conn)
                 if scope.cancelled_caught:
                     raise RequestTimeout(
                         f"no answer within {self.request_timeout:g}s; a write may still apply"
@@ -162,7 +203,8 @@ class ClientApi:
                 await answer({"id": rid if type(rid) is int else 0,
                               "err": {"code": "bad_request", "message": f"bad request: {e}"}})
         finally:
-            limiter.release()
+            if not released:
+                limiter.release()
 
 
 def _is_disconnect(exc: BaseException) -> bool:

@@ -86,6 +86,9 @@ class MemberConfig:
     quota_backend_bytes: int = 2 * 1024**3
     max_request_bytes: int = 1536 * 1024
     max_txn_ops: int = 128
+    watch_progress_notify_interval_ms: int = 10_000
+    max_watches_per_connection: int = 10_000
+    watch_buffer_events: int = 1024
     log_format: str = "console"
     log_level: str = "info"
 
@@ -113,6 +116,10 @@ class MemberConfig:
             raise ClientError(
                 "--election-timeout must be at least 5 times --heartbeat-interval"
             )
+        if self.watch_progress_notify_interval_ms <= 0:
+            raise ClientError("--experimental-watch-progress-notify-interval must be positive")
+        if self.max_watches_per_connection <= 0:
+            raise ClientError("--max-watches-per-connection must be positive")
         if self.snapshot_count <= 0:
             raise ClientError("--snapshot-count must be positive")
         if self.log_format not in ("console", "json"):
@@ -143,6 +150,12 @@ class MemberConfig:
     @property
     def election_ticks(self) -> int:
         return max(2, self.election_timeout_ms // self.heartbeat_interval_ms)
+
+    @property
+    def min_lease_ttl(self) -> int:
+        """etcd's minimum lease TTL: 1.5 election timeouts, rounded up to whole seconds, so
+        that a lease can outlive one leader change."""
+        return max(1, -(-3 * self.election_ticks * self.heartbeat_interval_ms // 2000))
 
     @property
     def member_dir(self) -> str:

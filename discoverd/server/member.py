@@ -14,17 +14,20 @@ from typing import IO, Any
 import trio
 
 from discoverd import __version__
+from discoverd.consensus.messages import AppMessage, Message
 from discoverd.consensus.raft import Config, Role
 from discoverd.errors import ClientError, DiscoverdError
 from discoverd.kv.requests import RangeRequest, TxnRequest
 from discoverd.kv.txn import has_writes
 from discoverd.machine.applier import KvMachine, encode_command
 from discoverd.member.core import MemberCore
-from discoverd.server.api_server import ClientApi, Handler
+from discoverd.server.api_server import ClientApi, Connection, Handler
 from discoverd.server.config import MemberConfig, parse_url, parse_urls
+from discoverd.server.lease_service import LeaseService
 from discoverd.server.logs import configure_logging
 from discoverd.server.raft_loop import RaftLoop
 from discoverd.server.transport import PeerTransport
+from discoverd.server.watch_service import WatchService
 from discoverd.storage.disk_storage import DiskStorage
 from discoverd.storage.fs import OsFS
 from discoverd.wire.kv_codec import WRITE_OPS, decode_request, encode_response
@@ -54,25 +57,57 @@ class Member:
             heartbeat_ticks=1,
             voters=voters,
         )
-        self.machine = KvMachine(max_txn_ops=cfg.max_txn_ops)
+        election_timeout = cfg.election_ticks * cfg.tick_seconds
+        self.machine = KvMachine(
+            max_txn_ops=cfg.max_txn_ops, min_ttl=cfg.min_lease_ttl, grace=election_timeout,
+            max_buffered_events=cfg.watch_buffer_events,
+        )
         self.core = MemberCore(
             raft_cfg, self.storage, self.machine, random.Random(),
             snapshot_count=cfg.snapshot_count,
             snapshot_catchup_entries=cfg.snapshot_catchup_entries,
         )
-        self.loop = RaftLoop(self.core, self._send, tick_seconds=cfg.tick_seconds, log=log)
+        self.loop = RaftLoop(self.core, self._send, tick_seconds=cfg.tick_seconds, log=log,
+                             after_ready=self._after_ready)
+        self.leases = LeaseService(
+            self.core, self.machine, self.loop, member_id=self.member_id, send=self._send,
+            header=self.header, tick_seconds=cfg.tick_seconds,
+            election_timeout=election_timeout, log=log,
+        )
+        self.watches = WatchService(
+            self.core, self.machine.hub, header=self.header,
+            progress_interval=cfg.watch_progress_notify_interval_ms / 1000,
+            election_timeout=election_timeout, tick_seconds=cfg.tick_seconds,
+            max_watches_per_connection=cfg.max_watches_per_connection, log=log,
+        )
         peers = {
             mid: parse_url(urls[0]) for mid, (_, urls) in members.items() if mid != self.member_id
         }
         self.transport = PeerTransport(
             cluster_id=self.cluster_id, member_id=self.member_id, peers=peers,
-            on_message=self.loop.on_message, on_unreachable=self.loop.on_unreachable,
+            on_message=self._on_peer_message, on_unreachable=self.loop.on_unreachable,
             on_snapshot_status=self.loop.on_snapshot_status, log=log,
         )
-        self.api = ClientApi(self.ops(), max_request_bytes=cfg.max_request_bytes, log=log)
+        self.api = ClientApi(self.ops(), streams=self.watches.streams(),
+                             max_request_bytes=cfg.max_request_bytes, log=log)
 
     def _send(self, messages: list[Any]) -> None:
         self.transport.send(messages)
+
+    def _on_peer_message(self, msg: Message) -> None:
+        if isinstance(msg, AppMessage):
+            self.leases.on_app_message(msg)
+        else:
+            self.loop.on_message(msg)
+
+    def _after_ready(self) -> None:
+        """After each Ready is applied: wake the watch streams the applied writes concern,
+        and let the lessor follow leadership as soon as it changes."""
+        woken = self.machine.woken
+        if woken:
+            self.machine.woken = set()
+            self.watches.wake(woken)
+        self.leases.sync_role()
 
     # ------------------------------------------------------------------ client ops
 
@@ -88,9 +123,11 @@ class Member:
         ops: dict[str, Handler] = {"status": self.op_status, "range": self.op_range}
         for op in WRITE_OPS:
             ops[op] = self._write_op(op)
+        ops.update(self.leases.ops())
+        ops.update(self.watches.ops())
         return ops
 
-    async def op_status(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def op_status(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
         st = self.core.node.status()
         return {
             "header": self.header(),
@@ -107,9 +144,11 @@ class Member:
             "is_learner": self.member_id in st.conf_state.learners,
             "db_size": self.machine.store.size_bytes,
             "fsyncs": self.loop.fsyncs,
+            "leases": len(self.machine.lessor),
+            "watchers": len(self.machine.hub),
         }
 
-    async def op_range(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def op_range(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
         rr: RangeRequest = decode_request("range", req)
         if not rr.serializable:
             await self.loop.read_barrier()
@@ -117,7 +156,7 @@ class Member:
         return {"header": self.header(resp.header_revision), **encode_response(resp)}
 
     def _write_op(self, op: str) -> Handler:
-        async def handle(req: dict[str, Any]) -> dict[str, Any]:
+        async def handle(req: dict[str, Any], conn: Connection) -> dict[str, Any]:
             decoded = decode_request(op, req)  # refuse a bad request before proposing it
             fields = {k: v for k, v in req.items() if k not in ("id", "op")}
             if isinstance(decoded, TxnRequest) and not has_writes(decoded):
@@ -149,6 +188,8 @@ class Member:
                 await nursery.start(self.transport.serve, peer_listeners)
                 await nursery.start(self.transport.run)
                 await nursery.start(self.loop.run)
+                await nursery.start(self.leases.run)
+                await nursery.start(self.watches.run)
                 await nursery.start(self.api.serve, client_listeners)
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 nursery.start_soon(self._watch_removed, nursery.cancel_scope)

@@ -45,8 +45,10 @@ class RaftLoop:
         tick_seconds: float,
         log: Any = None,
         run_blocking: BlockingRunner = trio.to_thread.run_sync,
+        after_ready: Callable[[], None] | None = None,
     ) -> None:
         self.core = core
+        self._after_ready = after_ready
         self._send = send
         self._run_blocking = run_blocking
         self.tick_seconds = tick_seconds
@@ -175,6 +177,8 @@ class RaftLoop:
                 self._log_soft_state(done.soft_state.leader, done.soft_state.role)
             for reply in done.replies:
                 self._deliver(reply)
+            if self._after_ready is not None:
+                self._after_ready()
             if done.snapshot is not None:
                 await self._run_blocking(core.storage.write_snapshot, done.snapshot)
                 core.snapshot_written(done.snapshot, done.compact_to)

@@ -35,6 +35,9 @@ def _flag(
 @_flag("snapshot-count", 10_000, "Applied entries between snapshots.", int)
 @_flag("quota-backend-bytes", 2 * 1024**3, "Storage size at which writes stop (NOSPACE).", int)
 @_flag("max-request-bytes", 1536 * 1024, "Largest client request accepted.", int)
+@_flag("experimental-watch-progress-notify-interval", 10_000,
+       "Time (ms) between progress notifications to idle watches that asked for them.", int)
+@_flag("max-watches-per-connection", 10_000, "Most concurrent watches on one connection.", int)
 @_flag("log-format", "console", "Log format.", click.Choice(["console", "json"]))
 @_flag("log-level", "info", "Log level.", click.Choice(["debug", "info", "warning", "error"]))
 def serve(**flags: Any) -> None:
@@ -58,6 +61,8 @@ def serve(**flags: Any) -> None:
         snapshot_count=flags["snapshot_count"],
         quota_backend_bytes=flags["quota_backend_bytes"],
         max_request_bytes=flags["max_request_bytes"],
+        watch_progress_notify_interval_ms=flags["experimental_watch_progress_notify_interval"],
+        max_watches_per_connection=flags["max_watches_per_connection"],
         log_format=flags["log_format"],
         log_level=flags["log_level"],
     )
