@@ -248,8 +248,10 @@ def test_ten_thousand_leases_expire_at_once_without_losing_the_leader(tmp_path: 
         n = 10_000
         with NativeClient(leader.client_port, timeout=30) as cl:
             # Pipelined: grant n leases, then a key on each.
+            # TTL: long enough for every grant and put below to be done before the first
+            # lease's deadline (about 2,000 of each per second on a busy 2-core machine).
             for i in range(n):
-                cl.send_raw(cbor2.dumps({"id": i + 1, "op": "lease_grant", "ttl": 2}))
+                cl.send_raw(cbor2.dumps({"id": i + 1, "op": "lease_grant", "ttl": 15}))
             ids = {}
             for _ in range(n):
                 f = cl.read_frame()
@@ -271,3 +273,66 @@ def test_ten_thousand_leases_expire_at_once_without_losing_the_leader(tmp_path: 
         assert st["raft_term"] == term, "there was an election"
         with NativeClient(leader.client_port, timeout=10) as cl:
             assert cl.call("lease_leases")["leases"] == []
+
+
+def _frames(c: NativeClient, n: int) -> list[dict[str, Any]]:
+    return [c.read_frame() for _ in range(n)]
+
+
+def test_a_watch_fails_fast_on_a_member_that_lost_its_leader(cluster: ProcessCluster) -> None:
+    leader = cluster.wait_for_leader()
+    lonely = next(m for m in cluster.members if m is not leader)
+    others = [m for m in cluster.members if m is not lonely]
+    c = NativeClient(lonely.client_port, timeout=30)
+    try:
+        c.send_raw(cbor2.dumps({"id": 1, "op": "watch", "key": b"k"}))
+        assert c.read_frame()["ok"]["created"]
+        for m in others:
+            cluster.pause(m)
+        started = time.monotonic()
+        ended = c.read_frame()  # the stream ends by itself: no leader for 2 election timeouts
+        waited = time.monotonic() - started
+        assert ended["id"] == 1
+        assert ended["err"]["code"] == "unavailable"
+        assert waited < 10 * cluster.election_s
+        c.send_raw(cbor2.dumps({"id": 2, "op": "watch", "key": b"k"}))
+        refused = c.read_frame()
+        assert refused["id"] == 2
+        assert refused["err"]["code"] == "unavailable"  # at once, not after a hang
+    finally:
+        c.close()
+        for m in others:
+            cluster.resume(m)
+
+
+def test_a_reader_that_stops_reading_blocks_neither_writes_nor_other_watchers(
+    cluster: ProcessCluster,
+) -> None:
+    """A watch whose client reads nothing while ~12 MB of events pile up (more than the
+    sockets buffer): writes keep being acknowledged, a second watcher on the same member
+    keeps up, and when the slow one reads again it gets every event once, in order."""
+    member = cluster.members[0]
+    slow = NativeClient(member.client_port, timeout=30)
+    fast = NativeClient(member.client_port, timeout=30)
+    try:
+        for c in (slow, fast):
+            c.send_raw(cbor2.dumps({"id": 1, "op": "watch", "key": b"/big/",
+                                    "range_end": b"/big0"}))
+            assert c.read_frame()["ok"]["created"]
+        value = b"x" * 8192
+        revisions = []
+        with NativeClient(member.client_port, timeout=30) as writer:
+            for i in range(1500):
+                revisions.append(writer.put(b"/big/%05d" % i, value))
+                if i % 100 == 99:  # the fast watcher keeps up while the slow one sleeps
+                    got = 0
+                    while got < 100:
+                        got += len(fast.read_frame()["ok"]["events"])
+        seen: list[int] = []
+        while len(seen) < len(revisions):
+            frame = slow.read_frame()["ok"]
+            seen.extend(e["kv"]["mod_revision"] for e in frame["events"])
+        assert seen == revisions
+    finally:
+        slow.close()
+        fast.close()
