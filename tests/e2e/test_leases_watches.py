@@ -336,3 +336,44 @@ def test_a_reader_that_stops_reading_blocks_neither_writes_nor_other_watchers(
     finally:
         slow.close()
         fast.close()
+
+
+def test_a_whole_cluster_restart_neither_resets_nor_resurrects_leases(tmp_path: Path) -> None:
+    """A lease nobody keeps alive is checkpointed half-way through its TTL; after every
+    member is killed and restarted, it runs out from that checkpoint (plus a short grace),
+    not from a fresh full TTL as etcd would; a revoked lease stays revoked."""
+    ttl = 12
+    with ProcessCluster(tmp_path, 3) as c:
+        c.start_all()
+        leader = c.wait_for_leader()
+        with NativeClient(leader.client_port) as cl:
+            forgotten = cl.call("lease_grant", ttl=ttl)["id"]
+            granted_at = time.monotonic()
+            cl.call("put", key=b"/f", value=b"v", lease=forgotten)
+            revoked = cl.call("lease_grant", ttl=ttl)["id"]
+            cl.call("put", key=b"/r", value=b"v", lease=revoked)
+            cl.call("lease_revoke", lease=revoked)
+        # The leader checkpoints once the replicated TTL is more than half a TTL too high
+        # (checked every second): wait until that was due two seconds ago. (The leader's
+        # view is what lease_timetolive reports; the checkpoint itself is not observable.)
+        def checkpoint_due_long_ago() -> bool:
+            with NativeClient(c.members[1].client_port) as f:
+                left = f.call("lease_timetolive", lease=forgotten)["ttl"]
+            return 0 < left <= ttl // 2 - 2
+        wait_for("a checkpoint", checkpoint_due_long_ago, timeout=ttl)
+        for m in c.members:
+            c.kill(m)
+        for m in c.members:
+            c.start(m)
+        new_leader = c.wait_for_leader()
+        back = time.monotonic()
+        with NativeClient(new_leader.client_port) as cl:
+            assert cl.call("lease_timetolive", lease=revoked)["ttl"] == -1
+            assert cl.get(b"/r") is None
+            left = cl.call("lease_timetolive", lease=forgotten)["ttl"]
+            assert 0 < left <= ttl // 2, f"reset to {left}s"
+        wait_for("the forgotten lease to run out", lambda: _get(new_leader.client_port, b"/f")
+                 == [], timeout=ttl)
+        gone = time.monotonic()
+        assert gone - back < ttl - 1, "the lease got a fresh TTL after the restart"
+        assert gone - granted_at >= ttl, "the lease ran out before its TTL"
