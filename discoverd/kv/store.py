@@ -21,7 +21,8 @@ identical state and identical answers.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from operator import attrgetter
 from typing import Any
@@ -130,9 +131,23 @@ class MvccStore:
         check_range_request(request)
         return self._range(request, self._revision)
 
-    def history(self, start_revision: int, end_revision: int = 0) -> list[Event]:
+    def history(
+        self,
+        start_revision: int,
+        end_revision: int = 0,
+        *,
+        key: bytes | None = None,
+        range_end: bytes = b"",
+        limit: int = 0,
+    ) -> list[Event]:
         """Every change with main revision in ``[start_revision, end_revision]`` (0: up to
         now), in order, each with its ``prev_kv``: what a watch replays from the past.
+
+        ``key``/``range_end`` (as for ``range``; ``key=None``: every key) keep only the changes
+        of those keys, so a watcher catching up pays for its own keys' ``prev_kv`` lookups
+        only; a single key is found through its index entry without walking other keys'
+        versions. ``limit`` > 0 stops at the first revision boundary once that many events
+        are gathered: a caller bounding its memory still never sees half a revision.
 
         Raises:
             Compacted: ``start_revision`` is not after the compaction revision. Stricter
@@ -146,8 +161,9 @@ class MvccStore:
         events: list[Event] = []
         if high is not None and high < low:
             return events
-        for rev in self._backend.irange(minimum=low, maximum=high):
-            kv: KeyValue = self._backend[rev]
+        for rev, kv in self._versions(low, high, key, range_end):
+            if 0 < limit <= len(events) and rev.main != events[-1].kv.mod_revision:
+                break
             ki = self._index.key_index(kv.key)
             assert ki is not None, f"backend version of an unindexed key {kv.key!r}"
             prev_rev = ki.get(rev.main - 1)
@@ -155,6 +171,28 @@ class MvccStore:
             kind = EventType.DELETE if kv.is_tombstone else EventType.PUT
             events.append(Event(kind, kv, prev))
         return events
+
+    def _versions(
+        self, low: Revision, high: Revision | None, key: bytes | None, range_end: bytes
+    ) -> Iterator[tuple[Revision, KeyValue]]:
+        """The kept versions with revisions in ``[low, high]`` of the selected keys, in
+        revision order."""
+        backend = self._backend
+        if key is not None and not range_end:
+            ki = self._index.key_index(key)
+            for gen in ki.generations if ki is not None else ():
+                if not gen or gen[-1] < low:
+                    continue
+                for rev in gen[bisect_left(gen, low) :]:
+                    if high is not None and rev > high:
+                        return
+                    yield rev, backend[rev]
+            return
+        end = None if range_end == FROM_KEY else range_end
+        for rev in backend.irange(minimum=low, maximum=high):
+            kv: KeyValue = backend[rev]
+            if key is None or (key <= kv.key and (end is None or kv.key < end)):
+                yield rev, kv
 
     def _kvs(self, key: bytes, range_end: bytes, at: int) -> list[KeyValue]:
         """The versions visible at revision ``at`` of ``key`` (no ``range_end``) or of the
