@@ -3,8 +3,8 @@
 Owns: revisions and versions of keys (``revision``), the key → generations index
 (``index``), the store with range/put/delete_range/txn/compact and snapshots (``store``),
 txn checks, compares and op dispatch (``txn``), and the request/response dataclasses with
-etcd's field names (``requests``). A watch hub (``watch``) will route the ``Event`` lists the
-writes return.
+etcd's field names (``requests``), and the watch hub (``watch``) that routes the ``Event``
+lists the writes return to watchers, with bounded buffers and catch-up from history.
 
 May import: the standard library, ``sortedcontainers`` and ``discoverd.errors`` — nothing
 else. No clock, no I/O, no threads, no randomness: the store is applied on every member in
@@ -40,9 +40,11 @@ from discoverd.kv.requests import (
 )
 from discoverd.kv.revision import Event, EventType, KeyValue, Revision
 from discoverd.kv.store import DEFAULT_MAX_TXN_OPS, LeaseCheck, MvccStore
+from discoverd.kv.watch import BatchKind, WatchBatch, WatchFilter, WatchHub, WatchRequest
 
 __all__ = [
     "DEFAULT_MAX_TXN_OPS",
+    "BatchKind",
     "CompactionRequest",
     "CompactionResponse",
     "Compare",
@@ -68,4 +70,8 @@ __all__ = [
     "TreeIndex",
     "TxnRequest",
     "TxnResponse",
+    "WatchBatch",
+    "WatchFilter",
+    "WatchHub",
+    "WatchRequest",
 ]

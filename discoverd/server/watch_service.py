@@ -146,7 +146,7 @@ class WatchService:
             self._check_leader(now)
             if now >= next_progress:
                 next_progress = now + self.progress_interval
-                self.wake(self.hub.periodic_progress())
+                self.wake(self.hub.periodic_progress(repeat_idle=True))
 
     def _check_leader(self, now: float) -> None:
         if self.core.leader:
