@@ -2,8 +2,10 @@
 (``discoverd/cli/commands/``), printers in ``discoverd/cli/output.py``.
 
 Errors are reported as etcdctl reports them: one line ``Error: <message>`` on stderr and exit
-code 1 — usage mistakes (unknown flag, bad value) included. Heavy modules (the SDK, the
-server) are imported inside the verbs that need them, so ``discoverd get`` starts quickly.
+code 1 — usage mistakes (unknown flag, bad value) included; the streams (``watch``, ``lease
+keep-alive``) end with etcdctl's own codes where a script may tell them apart. Heavy modules
+(the SDK, the server) are imported inside the verbs that need them, so ``discoverd get``
+starts quickly.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from discoverd.cli.commands.compaction import compaction
 from discoverd.cli.commands.del_ import del_
 from discoverd.cli.commands.endpoint import endpoint
 from discoverd.cli.commands.get import get
+from discoverd.cli.commands.lease import lease
 from discoverd.cli.commands.put import put
 from discoverd.cli.commands.serve import serve
 from discoverd.cli.commands.sim import sim
 from discoverd.cli.commands.txn import txn
+from discoverd.cli.commands.watch import watch
 from discoverd.cli.options import global_options
 from discoverd.cli.output import CliError, etcd_error_message
 
@@ -34,15 +38,15 @@ def cli(**_globals: Any) -> None:
     """Service discovery and shared configuration on a Raft-replicated key-value store."""
 
 
-for _command in (get, put, del_, txn, compaction, endpoint, serve, sim):
+for _command in (get, put, del_, txn, compaction, watch, lease, endpoint, serve, sim):
     cli.add_command(_command)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> None:
     sys.stdout.flush()
     sys.stderr.write(f"Error: {message}\n")
     sys.stderr.flush()
-    sys.exit(1)
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -62,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Abort:
         _fail("interrupted")
     except CliError as e:
-        _fail(str(e))
+        _fail(str(e), e.exit_code)
     except DiscoverdError as e:
         _fail(etcd_error_message(e))
     except BrokenPipeError:

@@ -8,11 +8,17 @@ rules by hand; each helper names the Go function it mirrors:
 * ``go_duration`` — ``time.Duration.String`` (``took`` of ``endpoint health``);
 * ``humanize_bytes`` — go-humanize's ``Bytes`` (``DB SIZE`` of ``endpoint status``);
 * ``render_table`` — the olekukonko/tablewriter revision etcdctl 3.4 vendors (right-aligned
-  cells, centred upper-case headers, cells wrapped at 30 columns).
+  cells, centred upper-case headers, cells wrapped at 30 columns);
+* ``go_hex_id`` — ``%016x`` (lease ids), ``go_quote_list`` — ``%q`` of a ``[]string``.
 
 JSON is etcdctl's: the gogo-protobuf structs marshalled by ``encoding/json``, so field names are
 the protobuf snake_case ones, zero values are left out (``omitempty``), bytes are base64 and a
-txn's responses are wrapped as ``{"Response": {"ResponsePut": {...}}}``.
+txn's responses are wrapped as ``{"Response": {"ResponsePut": {...}}}``. The lease answers
+are clientv3's own structs, which embed ``*ResponseHeader``: their header fields are promoted
+to the top level (``{"cluster_id":..,"revision":..,"ID":..,"TTL":..}``), and the fields
+without JSON tags keep their Go names (``ID``, ``TTL``, ``Error``). A watch response is
+clientv3's ``WatchResponse``: ``{"Header":{..},"Events":[..],"CompactRevision":..,
+"Canceled":..,"Created":..}``, an event's ``type`` left out for PUT (0) and 1 for DELETE.
 
 Printers return ``bytes``: keys and values are raw bytes and are written unchanged, as etcdctl
 does. This module imports the SDK's types for type checking only, so importing it is cheap.
@@ -29,11 +35,16 @@ if TYPE_CHECKING:
     from discoverd.sdk import (
         DeleteResponse,
         KeyValue,
+        LeaseGrant,
+        LeaseKeepAlive,
+        LeaseTimeToLive,
         PutResponse,
         RangeResponse,
         ResponseHeader,
         Status,
         TxnResponse,
+        WatchEvent,
+        WatchResponse,
     )
 
 Format = Literal["simple", "json", "fields", "table"]
@@ -41,7 +52,13 @@ FORMATS: tuple[Format, ...] = ("simple", "json", "fields", "table")
 
 
 class CliError(Exception):
-    """An error the CLI reports as etcdctl does: ``Error: <message>`` on stderr, exit 1."""
+    """An error the CLI reports as etcdctl does: ``Error: <message>`` on stderr, exit 1
+    (or ``exit_code``, where etcdctl's own code matters: a lease that is gone, a watch the
+    member canceled)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # ----------------------------------------------------------------------------- Go formatting
@@ -161,6 +178,17 @@ def humanize_bytes(size: int) -> str:
     value = int(size / 1000**exponent * 10 + 0.5) / 10
     return f"{value:.1f} {_SIZES[exponent]}" if value < 10 else \
         f"{value:.0f} {_SIZES[exponent]}"
+
+
+def go_hex_id(value: int) -> str:
+    """``fmt.Sprintf("%016x", id)``: how etcdctl prints a lease id (a negative one keeps its
+    sign inside the 16 columns, as Go does)."""
+    return f"{value:016x}"
+
+
+def go_quote_list(items: Sequence[bytes | str]) -> str:
+    """``%q`` of a Go ``[]string``: ``["sh" "-c" "echo hi"]``."""
+    return "[" + " ".join(go_quote(item) for item in items) + "]"
 
 
 def hex_escape(data: bytes) -> str:
@@ -300,6 +328,48 @@ def txn_json(r: TxnResponse) -> dict[str, Any]:
                        ("responses", responses)])
 
 
+def lease_grant_json(r: LeaseGrant) -> dict[str, Any]:
+    """clientv3's ``LeaseGrantResponse``: promoted header, ``ID``, ``TTL`` and an always
+    empty ``Error``."""
+    return {**header_json(r.header), "ID": r.id, "TTL": r.ttl, "Error": ""}
+
+
+def lease_keepalive_json(r: LeaseKeepAlive) -> dict[str, Any]:
+    return {**header_json(r.header), "ID": r.id, "TTL": r.ttl}
+
+
+def lease_timetolive_json(r: LeaseTimeToLive) -> dict[str, Any]:
+    """clientv3's ``LeaseTimeToLiveResponse``; ``keys`` is ``null`` when there are none."""
+    return {**header_json(r.header), "id": r.id, "ttl": r.ttl, "granted-ttl": r.granted_ttl,
+            "keys": [_b64(k) for k in r.keys] or None}
+
+
+def lease_leases_json(header: ResponseHeader, ids: Sequence[int]) -> dict[str, Any]:
+    """clientv3's ``LeaseLeasesResponse``: ``leases`` is a list even when empty."""
+    return {**header_json(header), "leases": [{"id": i} for i in ids]}
+
+
+def lease_revoke_json(header: ResponseHeader) -> dict[str, Any]:
+    """etcd's ``LeaseRevokeResponse`` (a protobuf message: the header is nested)."""
+    return {"header": header_json(header)}
+
+
+def event_json(e: WatchEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if e.type == "DELETE":
+        out["type"] = 1
+    out["kv"] = kv_json(e.kv)
+    if e.prev_kv is not None:
+        out["prev_kv"] = kv_json(e.prev_kv)
+    return out
+
+
+def watch_json(r: WatchResponse, *, canceled: bool = False) -> dict[str, Any]:
+    """clientv3's ``WatchResponse``; ``Events`` is a list even when empty."""
+    return {"Header": header_json(r.header), "Events": [event_json(e) for e in r.events],
+            "CompactRevision": r.compact_revision, "Canceled": canceled, "Created": False}
+
+
 def status_json(st: Status) -> dict[str, Any]:
     """etcd's ``StatusResponse`` (its JSON names are camelCase, unlike the KV messages)."""
     return _omit_zero([("header", header_json(st.header)), ("version", st.version),
@@ -430,6 +500,90 @@ class Printer:
                 parts.append(self.txn(sub))
         return b"".join(parts)
 
+    # -- leases
+
+    def check_lease_format(self) -> None:
+        """Fail before any request when the format cannot print a lease answer."""
+        self._table_unsupported()
+
+    def lease_grant(self, r: LeaseGrant) -> bytes:
+        self._table_unsupported()
+        if self.fmt == "json":
+            return _line(go_json(lease_grant_json(r)))
+        if self.fmt == "fields":
+            return (self._fields_header(r.header) + _line(f'"ID" : {r.id}')
+                    + _line(f'"TTL" : {r.ttl}'))
+        return _line(f"lease {go_hex_id(r.id)} granted with TTL({r.ttl}s)")
+
+    def lease_revoke(self, lease_id: int, header: ResponseHeader) -> bytes:
+        """etcdctl names the id it was given (the answer carries none)."""
+        self._table_unsupported()
+        if self.fmt == "json":
+            return _line(go_json(lease_revoke_json(header)))
+        if self.fmt == "fields":
+            return self._fields_header(header)
+        return _line(f"lease {go_hex_id(lease_id)} revoked")
+
+    def lease_timetolive(self, r: LeaseTimeToLive, *, keys: bool) -> bytes:
+        """``keys``: whether ``--keys`` was given (the simple format then lists the attached
+        keys, ``[]`` when there are none). A ttl of -1 means the lease does not exist."""
+        self._table_unsupported()
+        if self.fmt == "json":
+            return _line(go_json(lease_timetolive_json(r)))
+        if self.fmt == "fields":
+            return (self._fields_header(r.header) + _line(f'"ID" : {r.id}')
+                    + _line(f'"TTL" : {r.ttl}') + _line(f'"GrantedTTL" : {r.granted_ttl}')
+                    + b"".join(_line(f'"Key" : {go_quote(k)}') for k in r.keys))
+        if r.ttl == -1:
+            return _line(f"lease {go_hex_id(r.id)} already expired")
+        text = (f"lease {go_hex_id(r.id)} granted with TTL({r.granted_ttl}s), "
+                f"remaining({r.ttl}s)").encode()
+        if keys:  # Go's %v of a []string: the keys as they are, space-separated
+            text += b", attached keys([" + b" ".join(r.keys) + b"])"
+        return text + b"\n"
+
+    def lease_list(self, header: ResponseHeader, ids: Sequence[int]) -> bytes:
+        self._table_unsupported()
+        if self.fmt == "json":
+            return _line(go_json(lease_leases_json(header, ids)))
+        if self.fmt == "fields":
+            return self._fields_header(header) + b"".join(_line(f'"ID" : {i}') for i in ids)
+        return _line(f"found {len(ids)} leases") + b"".join(_line(go_hex_id(i)) for i in ids)
+
+    def lease_keepalive(self, r: LeaseKeepAlive) -> bytes:
+        self._table_unsupported()
+        if self.fmt == "json":
+            return _line(go_json(lease_keepalive_json(r)))
+        if self.fmt == "fields":
+            return (self._fields_header(r.header) + _line(f'"ID" : {r.id}')
+                    + _line(f'"TTL" : {r.ttl}'))
+        return _line(f"lease {go_hex_id(r.id)} keepalived with TTL({r.ttl})")
+
+    # -- watches
+
+    def watch(self, r: WatchResponse, *, canceled: bool = False) -> bytes:
+        """One watch response. A progress notification prints ``progress notify: REV`` in
+        the simple format (etcdctl 3.5's line; 3.4 has no ``--progress-notify``), the bare
+        response in the others, so that ``-w json`` stays one JSON document per line."""
+        self._table_unsupported()
+        if self.fmt == "json":
+            return _line(go_json(watch_json(r, canceled=canceled)))
+        if self.fmt == "fields":
+            out = [self._fields_header(r.header)]
+            for e in r.events:
+                out.append(_line(f'"Type" : {e.type}'))
+                if e.prev_kv is not None:
+                    out.append(self._fields_kv("Prev", e.prev_kv))
+                out.append(self._fields_kv("", e.kv))
+            return b"".join(out)
+        out = [_line(f"progress notify: {r.header.revision}")] if r.progress else []
+        for e in r.events:
+            out.append(_line(str(e.type)))
+            if e.prev_kv is not None:
+                out.append(self._simple_kv(e.prev_kv))
+            out.append(self._simple_kv(e.kv))
+        return b"".join(out)
+
     @staticmethod
     def compaction(revision: int) -> bytes:
         """etcdctl prints this whatever the output format."""
@@ -527,8 +681,10 @@ __all__ = [
     "Printer",
     "etcd_error_message",
     "go_duration",
+    "go_hex_id",
     "go_json",
     "go_quote",
+    "go_quote_list",
     "humanize_bytes",
     "render_table",
     "write_out",

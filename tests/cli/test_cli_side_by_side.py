@@ -10,6 +10,11 @@ always 1. Flag-parsing errors (``--rev x``, unknown flags) are left out: there e
 library prints the usage text on stdout and the error twice; ``test_cli_outputs`` checks
 discoverd's single line.
 
+The lease verbs (and ``put --lease``) run as a second script, with each side's lease ids
+masked; the watch formats (simple, ``--prev-kv``, ``--hex``, ranges, JSON, fields, ``--
+CMD`` and its variables, compacted start, failing command) as one session of concurrent
+``watch`` processes per side, compared watch by watch.
+
 Needs ``etcd`` and ``etcdctl`` 3.4 on PATH (Debian: ``apt-get install etcd-server
 etcd-client``); without them the test is skipped and says why.
 """
@@ -20,7 +25,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,3 +197,234 @@ def test_the_same_script_prints_the_same_bytes(
 
 def _show(r: Run) -> str:
     return f"code={r.code} out={normalise(r.out)!r} err={error_lines(r.err)!r}"
+
+
+# ----------------------------------------------------------------------------- leases, watch
+#
+# Lease ids are the cluster's to choose: each side's ids (hexadecimal and decimal) are
+# replaced by the name of the step that granted them. A fresh lease's remaining TTL is
+# whole seconds either truncated (etcd: 99 of 100 just after the grant) or rounded up
+# (discoverd: 100, docs/protocol.md), so ``timetolive`` steps on a live lease mask it.
+
+
+@dataclass(frozen=True)
+class LeaseStep:
+    args: str
+    grants: str = ""  # a name for the lease this step grants (simple format)
+    remaining: bool = False  # mask the remaining TTL
+    known: str = ""  # a difference reported and not yet fixed: the test xfails with it
+
+
+LEASE_SCRIPT: tuple[LeaseStep, ...] = (
+    LeaseStep("lease list"), LeaseStep("lease list -w json"), LeaseStep("lease list -w fields"),
+    LeaseStep("lease grant 100", grants="L1"),
+    LeaseStep("put k1 v1 --lease {L1}"), LeaseStep("put k2 v2 --lease={L1}"),
+    LeaseStep("put k3 v3 --lease {L1} --prev-kv -w json"),
+    LeaseStep("get k1 -w json"), LeaseStep("get k2 -w fields"),
+    LeaseStep("lease timetolive {L1}", remaining=True),
+    LeaseStep("lease timetolive {L1} --keys", remaining=True),
+    LeaseStep("lease timetolive {L1} --keys -w json", remaining=True),
+    LeaseStep("lease timetolive {L1} -w json", remaining=True),
+    LeaseStep("lease timetolive {L1} --keys -w fields", remaining=True),
+    LeaseStep("lease timetolive {L1} --keys --hex", remaining=True),
+    LeaseStep("lease list"), LeaseStep("lease list -w json"), LeaseStep("lease list -w fields"),
+    LeaseStep("lease keep-alive --once {L1}"), LeaseStep("lease keep-alive --once {L1} -w json"),
+    LeaseStep("lease keep-alive --once {L1} -w fields"),
+    LeaseStep("put k1 v1b --ignore-lease"), LeaseStep("get k1 -w json"),
+    LeaseStep("put k2 v2b"), LeaseStep("get k2 -w json"),
+    LeaseStep("lease revoke {L1}"), LeaseStep("get --prefix k"),
+    LeaseStep("lease timetolive {L1}"), LeaseStep("lease timetolive {L1} --keys -w json"),
+    LeaseStep("lease timetolive {L1} -w fields"),
+    LeaseStep("lease timetolive 1234"), LeaseStep("lease timetolive 7fffffffffffffff"),
+    # etcd answers "not found" (ttl -1) for ids 0 and below; the member refuses them
+    LeaseStep("lease timetolive 0 -w json", known="id 0 is invalid_argument"),
+    LeaseStep("lease timetolive -- -5", known="a negative id is invalid_argument"),
+    LeaseStep("lease revoke 0", known="id 0 is invalid_argument"),
+    LeaseStep("lease keep-alive --once 0", known="id 0 is invalid_argument"),
+    LeaseStep("lease grant 1", grants="L2"), LeaseStep("lease grant 0", grants="L3"),
+    LeaseStep("lease revoke {L2} -w json"), LeaseStep("lease revoke {L3} -w fields"),
+    LeaseStep("lease list"),
+    LeaseStep("lease grant 10", grants="L4"), LeaseStep("lease revoke {L4}"),
+    # errors: one "Error:" line each
+    LeaseStep("lease grant"), LeaseStep("lease grant 10 extra"), LeaseStep("lease grant x"),
+    LeaseStep("lease grant 1.5"), LeaseStep("lease grant 9000000001"),
+    LeaseStep("lease revoke"), LeaseStep("lease revoke 1 2"), LeaseStep("lease revoke zz"),
+    LeaseStep("lease revoke ffffffffffffffff"), LeaseStep("lease revoke 1234"),
+    LeaseStep("lease revoke {L1}"),
+    LeaseStep("lease timetolive"), LeaseStep("lease timetolive zz"),
+    LeaseStep("lease keep-alive"), LeaseStep("lease keep-alive zz"),
+    LeaseStep("lease keep-alive --once 1234"), LeaseStep("lease keep-alive --once {L1} -w json"),
+    LeaseStep("put k v --lease 1234"), LeaseStep("put k v --lease {L1}"),
+    LeaseStep("put k v --lease zz"), LeaseStep("put k v --lease ffffffffffffffff"),
+    LeaseStep("get --prefix k"), LeaseStep("lease list"),
+    # last: etcdctl grants (and revokes) before it refuses the format, discoverd does not
+    LeaseStep("lease grant 10 -w table"), LeaseStep("lease timetolive 1 -w table"),
+    LeaseStep("lease list -w table"),
+)
+
+_GRANTED = re.compile(rb"^lease ([0-9a-f]{16}) granted with TTL\(\d+s\)\n\Z")
+_REMAINING = re.compile(rb'(remaining\(|"ttl":|"TTL" : )\d+')
+
+
+class _Leases:
+    """One side's lease ids by step name, and the masking of them."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+
+    def expand(self, args: str) -> str:
+        return args.format(**{name: f"{i:x}" for name, i in self.ids.items()})
+
+    def learn(self, step: LeaseStep, out: bytes) -> None:
+        if step.grants:
+            m = _GRANTED.match(out)
+            assert m is not None, f"{step.args!r} printed {out!r}"
+            self.ids[step.grants] = int(m.group(1), 16)
+
+    def mask(self, data: bytes, step: LeaseStep) -> bytes:
+        for name, i in self.ids.items():
+            data = data.replace(f"{i:016x}".encode(), f"<{name}>".encode())
+            data = data.replace(str(i).encode(), f"<{name}>".encode())
+        if step.remaining:
+            data = _REMAINING.sub(rb"\1<remaining>", data)
+        return normalise(data)
+
+
+@pytest.fixture
+def member_etcd_timing(tmp_path: Path) -> Iterator[ProcessCluster]:
+    """A member with etcd's default heartbeat and election timeout, so that the minimum
+    lease TTL is etcd's (2 s)."""
+    root = tmp_path / "discoverd-etcd-timing"
+    root.mkdir(parents=True)
+    cluster = ProcessCluster(root, 1, heartbeat_ms=100, election_ms=1000)
+    try:
+        cluster.start_all()
+        cluster.wait_for_leader()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_lease_commands_print_the_same_bytes(
+    etcd: tuple[str, str], member_etcd_timing: ProcessCluster
+) -> None:
+    etcdctl, etcd_endpoint = etcd
+    ours = endpoint_of(member_etcd_timing)
+    theirs_ids, mine_ids = _Leases(), _Leases()
+    mismatches: list[str] = []
+    known: list[str] = []
+    for step in LEASE_SCRIPT:
+        theirs = run([etcdctl, "--endpoints", etcd_endpoint,
+                      *shlex.split(theirs_ids.expand(step.args))])
+        mine = discoverd(ours, *shlex.split(mine_ids.expand(step.args)))
+        theirs_ids.learn(step, theirs.out)
+        mine_ids.learn(step, mine.out)
+        t_out, m_out = theirs_ids.mask(theirs.out, step), mine_ids.mask(mine.out, step)
+        t_err = theirs_ids.mask(error_lines(theirs.err), step)
+        m_err = mine_ids.mask(mine.err, step)
+        same = t_out == m_out and t_err == m_err and (theirs.code == 0) == (mine.code == 0)
+        print(f"{'same' if same else 'DIFF'}: {step.args} -> {mine.code} {m_out[:70]!r} "
+              f"{m_err[:70]!r}")
+        if not same:
+            (known if step.known else mismatches).append(
+                f"{step.args!r} {step.known}\n  etcdctl:   code={theirs.code} out={t_out!r} "
+                f"err={t_err!r}\n  discoverd: code={mine.code} out={m_out!r} err={m_err!r}")
+    print(f"compared {len(LEASE_SCRIPT)} commands")
+    assert not mismatches, f"{len(mismatches)} of {len(LEASE_SCRIPT)} differ:\n" + \
+        "\n".join(mismatches)
+    if known:
+        pytest.xfail(f"{len(known)} known difference(s):\n" + "\n".join(known))
+
+
+def _watch_session(ctl: list[str]) -> dict[str, tuple[int, bytes, bytes]]:
+    """The watch scenario through one CLI (``ctl``: the command and its ``--endpoints``):
+    each watch's exit code, stdout and stderr by name. Every watch starts at ``--rev`` and
+    is live once its first event is printed, so both stores send the same responses."""
+    from test_cli_lease_watch import Stream
+
+    def cmd(*args: str) -> Run:
+        r = run([*ctl, *args])
+        assert r.code == 0, str(r)
+        return r
+
+    env_line = ('echo "$ETCD_WATCH_REVISION $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY '
+                '$ETCD_WATCH_VALUE"')
+    cmd("put", "wk", "v0")                                                   # rev 2
+    watches = {
+        "simple": ["watch", "wk", "--rev", "3"],
+        "prev-kv": ["watch", "wk", "--prev-kv", "--rev", "3"],
+        "prefix-hex": ["--hex", "watch", "--prefix", "w", "--rev", "3", "--prev-kv"],
+        "range": ["watch", "wk", "wl", "--rev", "3"],
+        "json": ["watch", "--prefix", "w", "--prev-kv", "-w", "json", "--rev", "3"],
+        "fields": ["watch", "wk", "--prev-kv", "-w", "fields", "--rev", "3"],
+        "exec": ["watch", "--prefix", "w", "--rev", "3", "--", "sh", "-c", env_line],
+    }
+    streams = {name: Stream([*ctl, *args]) for name, args in watches.items()}
+    results: dict[str, tuple[int, bytes, bytes]] = {}
+    try:
+        cmd("put", "wk", "v1")                                               # rev 3
+        for s in streams.values():
+            s.wait_out(lambda out: b"v1" in out or b"djE=" in out or b"\\x76\\x31" in out)
+        # One write at a time, each waited for where responses show (JSON, fields, the
+        # command's revision), so that every revision is a response of its own.
+        writes = [("put", "wk", "v2"), ("del", "wk"), ("put", "wk", "a b\tc"),
+                  ("put", "wz", "z"), ("put", "x", "unwatched")]
+        def lines(n: int) -> Callable[[bytes], bool]:
+            return lambda out: out.count(b"\n") == n
+
+        def headers(n: int) -> Callable[[bytes], bool]:
+            return lambda out: out.count(b'"ClusterID"') == n
+
+        for rev, write in enumerate(writes, start=4):                        # revs 4..8
+            cmd(*write)
+            if write[1].startswith("w"):
+                streams["exec"].wait_out(f"\n{rev} ".encode())
+                streams["json"].wait_out(lines(rev - 2))   # responses since revision 3
+            if write[1] == "wk":
+                streams["fields"].wait_out(headers(rev - 2))
+        cmd("del", "--prefix", "w")                                          # rev 9: 2 events
+        streams["exec"].wait_out(lambda out: out.count(b"\n9 ") == 2)
+        streams["json"].wait_out(lambda out: out.count(b"\n") == 6)
+        streams["prefix-hex"].wait_out(lambda out: out.count(b"DELETE\n") == 3)
+        streams["fields"].wait_out(lambda out: out.count(b'"Type" : ') == 5)
+        for name in ("simple", "prev-kv", "range"):
+            streams[name].wait_out(lambda out: out.count(b"DELETE\n") == 2)
+        for name, s in streams.items():
+            r = s.interrupt()
+            results[name] = (r.code, normalise(r.out), error_lines(r.err))
+        # a watch from a compacted revision
+        cmd("compaction", "5")
+        for fmt in ("simple", "json", "fields"):
+            r = Stream([*ctl, "watch", "wk", "--rev", "4", "-w", fmt]).finish()
+            results[f"compacted-{fmt}"] = (r.code, normalise(r.out), error_lines(r.err))
+        # a failing command
+        r = Stream([*ctl, "watch", "wk", "--rev", "9", "--", "false"]).finish()
+        results["exec-fails"] = (r.code, r.out, error_lines(r.err))
+    finally:
+        for s in streams.values():
+            s.close()
+    return results
+
+
+def test_watch_prints_the_same_bytes(etcd: tuple[str, str], member: ProcessCluster) -> None:
+    from test_cli_lease_watch import console_script
+
+    etcdctl, etcd_endpoint = etcd
+    theirs = _watch_session([etcdctl, "--endpoints", etcd_endpoint])
+    mine = _watch_session([*console_script(), "--endpoints", endpoint_of(member)])
+    mismatches, headerless = [], []
+    for name, t in theirs.items():
+        same = t == mine[name]
+        print(f"{'same' if same else 'DIFF'}: watch {name} -> {mine[name][0]} "
+              f"{mine[name][1][:70]!r} {mine[name][2][:70]!r}")
+        if not same and name == "compacted-json" and mine[name][1].startswith(
+                b'{"Header":{},') and mine[name][1][13:] == t[1][t[1].index(b"},") + 2:]:
+            headerless.append(name)
+        elif not same:
+            mismatches.append(f"{name}\n  etcdctl:   {t!r}\n  discoverd: {mine[name]!r}")
+    print(f"compared {len(theirs)} watches")
+    assert not mismatches, f"{len(mismatches)} of {len(theirs)} differ:\n" + \
+        "\n".join(mismatches)
+    if headerless:
+        pytest.xfail("the SDK's WatchCompacted carries no response header: the canceled "
+                     "response's Header is empty in JSON")
