@@ -33,7 +33,6 @@ clock, and iteration orders are deterministic.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -224,9 +223,10 @@ class Lessor:
         return lease.remaining_ms / 1000
 
     def remaining_seconds(self, lease_id: int, now: float) -> int:
-        """``remaining`` as etcd reports it: whole seconds, rounded up; -1 if not found."""
+        """``remaining`` as etcd reports it: whole seconds, truncated (a lease granted for
+        100 s shows 99 a moment later); -1 if not found."""
         left = self.remaining(lease_id, now)
-        return -1 if left < 0 else math.ceil(left)
+        return -1 if left < 0 else int(left)
 
     def expired(self, now: float, limit: int = 1000) -> list[int]:
         """Up to ``limit`` leases whose deadline has passed, earliest first (primary only).

@@ -75,7 +75,7 @@ class Member:
             election_timeout=election_timeout, log=log,
         )
         self.watches = WatchService(
-            self.core, self.machine.hub, header=self.header,
+            self.core, self.machine.hub, self.machine.store, header=self.header,
             progress_interval=cfg.watch_progress_notify_interval_ms / 1000,
             election_timeout=election_timeout, tick_seconds=cfg.tick_seconds,
             max_watches_per_connection=cfg.max_watches_per_connection, log=log,

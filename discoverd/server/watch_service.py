@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from discoverd.errors import NoLeader, TooManyWatches, WatchNotFound
+from discoverd.kv.store import MvccStore
 from discoverd.kv.watch import BatchKind, WatchHub
 from discoverd.member.core import MemberCore
 from discoverd.server.api_server import Connection, Emit, Handler, StreamHandler
@@ -30,6 +31,7 @@ class WatchService:
         self,
         core: MemberCore,
         hub: WatchHub,
+        store: MvccStore,
         *,
         header: Any,
         progress_interval: float,
@@ -40,6 +42,7 @@ class WatchService:
     ) -> None:
         self.core = core
         self.hub = hub
+        self.store = store
         self._header = header
         self.progress_interval = progress_interval
         self.election_timeout = election_timeout
@@ -76,11 +79,16 @@ class WatchService:
         if len(mine) >= self.max_watches:
             raise TooManyWatches(
                 f"this connection already has {len(mine)} watches (the most allowed)")
+        # The created frame's revision promises nothing beyond the watch's start: were it
+        # the store's revision when the frame is written, a write applied meanwhile would
+        # look delivered to a client that resumes from the last revision it saw.
+        start = wreq.start_revision or self.store.revision + 1
         wid = self.hub.add(wreq)
         mine.add(wid)
         self._events[wid] = trio.Event()
         try:
-            await emit({"header": self._header(), "watch_id": wid, "created": True,
+            await emit({"header": self._header(max(start - 1, 0)), "watch_id": wid,
+                        "created": True,
                         "progress_interval_ms": int(self.progress_interval * 1000)})
             await self._pump(wid, emit)
         finally:

@@ -63,10 +63,9 @@ def decode_lease_grant(req: dict[str, Any]) -> tuple[int, int]:
 
 
 def decode_lease_id(req: dict[str, Any]) -> int:
-    lease_id = _int(req, "lease")
-    if lease_id == 0:
-        raise ClientError("field 'lease' must name a lease (non-zero)")
-    return lease_id
+    """Any int64: a lease id that cannot exist (0, negative) is simply not found, as in
+    etcd (``lease_not_found``, keep-alive TTL 0, time-to-live -1)."""
+    return _int(req, "lease", low=-MAX_INT64 - 1)
 
 
 def decode_checkpoints(req: dict[str, Any]) -> list[tuple[int, int]]:
