@@ -38,10 +38,14 @@ from discoverd.sdk._connection import (
     parse_endpoint,
 )
 from discoverd.sdk._errors import ConnectionLost, error_from_wire, is_retryable
+from discoverd.sdk._lease import KeptAliveLease, LeaseCallback
 from discoverd.sdk._types import (
     BytesLike,
     Compare,
     DeleteResponse,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseTimeToLive,
     Op,
     PutResponse,
     RangeResponse,
@@ -50,17 +54,25 @@ from discoverd.sdk._types import (
     SortTarget,
     Status,
     TxnResponse,
+    WatchFilter,
     delete_request,
     put_request,
     range_request,
+    to_bytes,
     txn_request,
+    watch_request,
 )
+from discoverd.sdk._watch import Informer, Watch
 
 ENV_ENDPOINTS = "DISCOVERD_ENDPOINTS"
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 
 _BACKOFF_FIRST = 0.025
 _BACKOFF_MAX = 0.5
+
+DEFAULT_WATCH_BUFFER = 1024
+"""Frames a watch buffers ahead of its consumer before it is re-created from history (see
+``Connection``: the reader never waits for a consumer)."""
 
 
 def parse_endpoints(endpoints: Sequence[str] | str | None) -> tuple[Endpoint, ...]:
@@ -102,6 +114,9 @@ class AsyncClient:
         command_timeout: bound on one call, all retries and failovers included.
         max_request_bytes: requests larger than this are refused locally (a member closes
             the connection on an over-size frame); match the members' ``--max-request-bytes``.
+        watch_buffer: frames each watch holds for a consumer that is not reading; past it
+            the watch drops its stream and resumes from history when the consumer catches
+            up (bounded memory, no lost event).
 
     Every error raised derives from ``discoverd.errors.DiscoverdError``. Writes that raise
     ``RequestTimeout``, ``ProposalDropped`` or ``ConnectionLost`` have an unknown outcome
@@ -115,9 +130,13 @@ class AsyncClient:
         dial_timeout: float = 2.0,
         command_timeout: float = 5.0,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        watch_buffer: int = DEFAULT_WATCH_BUFFER,
     ) -> None:
         if dial_timeout <= 0 or command_timeout <= 0:
             raise ClientError("dial_timeout and command_timeout must be positive")
+        if type(watch_buffer) is not int or watch_buffer < 1:
+            raise ClientError("watch_buffer must be a positive int")
+        self.watch_buffer = watch_buffer
         self._endpoints = parse_endpoints(endpoints)
         self.dial_timeout = dial_timeout
         self.command_timeout = command_timeout
@@ -296,6 +315,114 @@ class AsyncClient:
         ok = await self._call_at(ep, "status", {})
         return Status.from_wire(ok, str(ep))
 
+    # ------------------------------------------------------------------ leases
+
+    async def lease_grant(self, ttl: int, *, id: int = 0) -> LeaseGrant:
+        """Grant a lease of ``ttl`` seconds (``id`` 0: the member picks one). The answer's
+        ``ttl`` may be higher: members raise a TTL below their minimum (1.5 election
+        timeouts). ``LeaseExists`` if ``id`` is taken, ``LeaseTTLTooLarge`` above
+        9,000,000,000 s. A write: not retried once sent (an unknown outcome leaves at most a
+        lease that nobody renews, which expires).
+        """
+        # The lease id travels as "lease": a request's "id" is its frame id.
+        fields: dict[str, Any] = {"ttl": ttl}
+        if id:
+            fields["lease"] = id
+        ok, _ = await self._call("lease_grant", fields, retry_safe=False)
+        return LeaseGrant.from_wire(ok)
+
+    async def lease_revoke(self, id: int) -> ResponseHeader:
+        """Revoke a lease, deleting every key attached to it in one revision.
+        ``LeaseNotFound`` if it does not exist (or has expired). Not retried once sent."""
+        ok, _ = await self._call("lease_revoke", {"lease": id}, retry_safe=False)
+        return ResponseHeader.from_wire(ok.get("header"))
+
+    async def lease_keepalive_once(self, id: int) -> LeaseKeepAlive:
+        """Renew a lease to its full TTL once. An answer with ``ttl`` 0 means the lease is
+        gone (expired or revoked); that is returned, not raised. Retried like a read
+        (renewing twice is harmless). ``lease()`` renews in the background instead."""
+        return await self._lease_keepalive(id)
+
+    async def _lease_keepalive(self, id: int, *, limit: float | None = None) -> LeaseKeepAlive:
+        ok, _ = await self._call("lease_keepalive", {"lease": id}, retry_safe=True,
+                                limit=limit)
+        return LeaseKeepAlive.from_wire(ok)
+
+    async def lease_time_to_live(self, id: int, *, keys: bool = False) -> LeaseTimeToLive:
+        """A lease's remaining TTL as the leader sees it (``ttl`` -1: no such lease), its
+        granted TTL, and with ``keys`` the keys attached to it."""
+        fields: dict[str, Any] = {"lease": id}
+        if keys:
+            fields["keys"] = True
+        ok, _ = await self._call("lease_timetolive", fields, retry_safe=True)
+        return LeaseTimeToLive.from_wire(ok)
+
+    async def leases(self) -> list[int]:
+        """The ids of every lease in the cluster (linearizable)."""
+        ok, _ = await self._call("lease_leases", {}, retry_safe=True)
+        return [int(item["id"]) for item in ok.get("leases") or ()
+                if isinstance(item, Mapping) and type(item.get("id")) is int]
+
+    def lease(
+        self,
+        ttl: int,
+        *,
+        id: int = 0,
+        regrant: bool = True,
+        on_lost: LeaseCallback | None = None,
+        on_regrant: LeaseCallback | None = None,
+    ) -> KeptAliveLease:
+        """A lease granted on entering ``async with``, renewed every TTL/3 in the background
+        and revoked on leaving; lost leases are reported (``on_lost``, ``lost``,
+        ``wait_lost()``) and, with ``regrant``, replaced (``on_regrant(new_id)``). See
+        ``KeptAliveLease``."""
+        return KeptAliveLease(self, ttl, id=id, regrant=regrant, on_lost=on_lost,
+                              on_regrant=on_regrant)
+
+    # ------------------------------------------------------------------ watches
+
+    def watch(
+        self,
+        key: BytesLike,
+        *,
+        range_end: BytesLike | None = None,
+        prefix: bool = False,
+        from_key: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: Iterable[WatchFilter | str] = (),
+        progress_notify: bool = True,
+    ) -> Watch:
+        """Watch ``key`` (or a range, chosen as for ``get``) for changes::
+
+            async with client.watch("config/", prefix=True) as watch:
+                async for resp in watch:
+                    for event in resp.events:
+                        print(event.type, event.kv.key, event.kv.value)
+
+        ``start_revision`` 0 watches from now on (from the moment ``async with`` returns);
+        an older revision replays history from there first. ``prev_kv`` adds each key's
+        previous state to its events; ``filters`` ("NOPUT", "NODELETE") leave out event
+        types. With ``progress_notify`` an idle watch gets progress responses (no events),
+        and a watch that hears nothing for three of the member's progress intervals treats
+        its member as dead. The watch survives failures by resuming from the last revision
+        it delivered (on another member when needed); ``WatchCompacted`` (a ``Compacted``)
+        is raised if the history it needs is gone. See ``Watch``.
+        """
+        request = watch_request(key, range_end=range_end, prefix=prefix, from_key=from_key,
+                                prev_kv=prev_kv, filters=filters,
+                                progress_notify=progress_notify)
+        return Watch(self, request, start_revision=start_revision, buffer=self.watch_buffer)
+
+    def watch_prefix(self, prefix: BytesLike, *, prev_kv: bool = False) -> Informer:
+        """The keys under ``prefix`` and then their changes, for keeping a local copy
+        current: yields a ``Snapshot`` first, then ``WatchResponse``s, and a ``Resync``
+        (the whole prefix again) whenever the changes in between were compacted away. See
+        ``Informer``."""
+        key = to_bytes(prefix, "prefix")
+        request = watch_request(key, prefix=True, prev_kv=prev_kv, progress_notify=True)
+        return Informer(self, key, request, buffer=self.watch_buffer)
+
     async def call(
         self, op: str, fields: Mapping[str, Any] | None = None, *, retry_safe: bool = False
     ) -> dict[str, Any]:
@@ -358,21 +485,26 @@ class AsyncClient:
             self._member_ids[endpoint] = header["member_id"]
 
     async def _call(
-        self, op: str, fields: dict[str, Any], *, retry_safe: bool
+        self, op: str, fields: dict[str, Any], *, retry_safe: bool, limit: float | None = None
     ) -> tuple[dict[str, Any], Endpoint]:
         """Send ``op`` with failover; return its ``ok`` map and the endpoint that answered.
 
         ``retry_safe``: the request cannot change the store, so it may be sent again after
         any failure; otherwise only after failures that prove it was not acted on.
+        ``limit`` (default ``command_timeout``) bounds the whole call; a lease keep-alive
+        passes less, so that a member that stopped answering is left in time to renew the
+        lease elsewhere before it expires (an outer ``fail_after`` could not: the call must
+        itself see the time run out, to move the client off the silent member).
         """
         self._task_group()
+        timeout = self.command_timeout if limit is None else limit
         n = len(self._endpoints)
         tried: list[str] = []
         dial_failures = 0
         retries = 0
         backoff = _BACKOFF_FIRST
         waiting_on: Connection | None = None
-        with anyio.move_on_after(self.command_timeout):
+        with anyio.move_on_after(timeout):
             while True:
                 try:
                     conn = await self._connect_current()
@@ -417,9 +549,9 @@ class AsyncClient:
             unknown = "" if retry_safe else "; the write may or may not have been applied"
             raise RequestTimeout(
                 f"no answer to {op} from {waiting_on.endpoint} within "
-                f"{self.command_timeout:g}s{unknown}")
+                f"{timeout:g}s{unknown}")
         raise Unavailable(
-            f"{op} did not succeed within {self.command_timeout:g}s "
+            f"{op} did not succeed within {timeout:g}s "
             f"(tried: {'; '.join(tried[-2 * n:]) or 'nothing'})")
 
     async def _call_at(self, ep: Endpoint, op: str, fields: dict[str, Any]) -> dict[str, Any]:

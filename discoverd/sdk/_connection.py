@@ -17,6 +17,15 @@ with its id. The design keeps three promises:
   write can be retried.
 * **Retire, don't cut.** ``retire`` stops new requests but lets the ones in flight finish, so
   moving the client to another member does not turn concurrent writes into "outcome unknown".
+  Open streams count as in flight: a watch keeps its retired connection until it ends.
+
+**Streams** (a watch) are requests answered by many frames with one id, until a frame with
+``canceled: true`` or an ``err`` frame. The reader puts each frame into the stream's bounded
+memory channel with ``send_nowait``: it never waits for a consumer, because one application
+that stops reading a watch must not stall every other answer on the connection. If a
+stream's buffer is full, the reader ends that stream alone with ``StreamOverflow`` (after the
+frames already buffered); the watch then re-creates it from the last revision it delivered,
+so a slow consumer costs a replay from history, never a lost event.
 
 Only anyio is used, so the same code runs under trio and asyncio.
 """
@@ -30,9 +39,10 @@ from typing import Any
 import anyio
 import anyio.abc
 import cbor2
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from discoverd.errors import ClientError, RequestTooLarge
-from discoverd.sdk._errors import ConnectionLost
+from discoverd.errors import ClientError, RequestTooLarge, Unavailable
+from discoverd.sdk._errors import ConnectionLost, StreamOverflow
 from discoverd.wire.framing import FrameDecoder, FrameError, encode_frame
 
 MAGIC = b"DSC1"
@@ -104,6 +114,86 @@ class _Slot:
         self.sent = False
 
 
+class Stream:
+    """The receiving end of one stream request; built by ``Connection.open_stream``.
+
+    Frames the reader delivered before the stream ended are still received after its end,
+    and only then does ``receive`` raise why it ended — so a consumer sees everything the
+    member sent before a failure, which is what lets a watch resume exactly where it was.
+    """
+
+    def __init__(self, conn: Connection, rid: int, buffer: int) -> None:
+        self.conn = conn
+        self.rid = rid
+        self._send: MemoryObjectSendStream[dict[str, Any]]
+        self._recv: MemoryObjectReceiveStream[dict[str, Any]]
+        self._send, self._recv = anyio.create_memory_object_stream[dict[str, Any]](buffer)
+        self._failure: Unavailable | None = None
+        self.last_arrival = anyio.current_time()
+        """When the reader last delivered a frame (``anyio.current_time()``), or the stream
+        was opened: how a consumer tells a silent stream from a slow application."""
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.rid} on {self.conn.endpoint}>"
+
+    async def receive(self) -> dict[str, Any]:
+        """The next frame (``ok`` or ``err`` map, as the member sent it).
+
+        Raises:
+            ConnectionLost: the connection broke (after the frames received before it).
+            StreamOverflow: the consumer fell behind by more than the buffer.
+            anyio.EndOfStream: the terminal frame was already received, or ``close`` was
+                called.
+        """
+        try:
+            return await self._recv.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise self._why_ended() from None
+
+    def receive_nowait(self) -> dict[str, Any] | None:
+        """A frame already buffered, or None; raises as ``receive`` once the stream ended."""
+        try:
+            return self._recv.receive_nowait()
+        except anyio.WouldBlock:
+            return None
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise self._why_ended() from None
+
+    def _why_ended(self) -> Exception:
+        # A fresh exception each time: re-raising one instance would pile up tracebacks.
+        failure = self._failure
+        if failure is None:
+            return anyio.EndOfStream()
+        if isinstance(failure, ConnectionLost):
+            return ConnectionLost(str(failure), request_sent=failure.request_sent)
+        return type(failure)(str(failure))
+
+    def close(self) -> None:
+        """Stop receiving: later frames with this id are dropped by the reader. Only the
+        local end; ending the member's side (``watch_cancel``) is the caller's business."""
+        self.conn._forget_stream(self)
+        self._recv.close()
+
+    def _deliver(self, answer: dict[str, Any]) -> bool:
+        """Reader side: queue one frame; False if the stream is over (full or abandoned)."""
+        self.last_arrival = anyio.current_time()
+        try:
+            self._send.send_nowait(answer)
+        except anyio.WouldBlock:
+            self._end(StreamOverflow(
+                f"{self.conn.endpoint}: stream {self.rid} fell more than "
+                f"{self._send.statistics().max_buffer_size:g} frames behind"))
+            return False
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return False
+        return True
+
+    def _end(self, failure: Unavailable | None) -> None:
+        if failure is not None and self._failure is None:
+            self._failure = failure
+        self._send.close()
+
+
 class DialError(Exception):
     """Connecting to an endpoint failed; nothing was sent, so any request may go elsewhere.
     Internal: the client turns a run of these into ``Unavailable``."""
@@ -130,6 +220,7 @@ class Connection:
         self._max_request_bytes = max_request_bytes
         self._decoder = FrameDecoder(MAX_ANSWER_BYTES)
         self._pending: dict[int, _Slot] = {}
+        self._streams: dict[int, Stream] = {}
         self._ids = itertools.count(1)  # id 0 is the member's "could not parse your frame"
         self._send_lock = anyio.Lock()
         self._scope = anyio.CancelScope()
@@ -178,7 +269,8 @@ class Connection:
     def __repr__(self) -> str:
         state = f"broken: {self._broken}" if self._broken else (
             "retired" if self._retired else "open")
-        return f"<Connection {self.endpoint} {state} pending={len(self._pending)}>"
+        return (f"<Connection {self.endpoint} {state} pending={len(self._pending)} "
+                f"streams={len(self._streams)}>")
 
     @property
     def usable(self) -> bool:
@@ -189,15 +281,19 @@ class Connection:
     def pending(self) -> int:
         return len(self._pending)
 
-    async def request(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """Send one request and return the member's answer frame (``ok`` or ``err``).
+    @property
+    def streams(self) -> int:
+        return len(self._streams)
 
-        Raises:
-            ConnectionLost: the connection is or became unusable; ``request_sent`` tells
-                whether the member may have seen the request.
-            ClientError: the request cannot be encoded, or is over ``max_request_bytes``.
-        """
-        if not self.usable:
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is broken or closed (a retired one may still be open)."""
+        return self._broken is not None
+
+    def _encode(
+        self, op: str, fields: dict[str, Any], even_if_retired: bool = False
+    ) -> tuple[int, bytes]:
+        if self._broken is not None or (self._retired and not even_if_retired):
             raise ConnectionLost(f"{self.endpoint}: {self._broken or 'connection retired'}")
         rid = next(self._ids)
         try:
@@ -208,7 +304,27 @@ class Connection:
             raise RequestTooLarge(
                 f"the {op} request is {len(body)} bytes; members accept at most "
                 f"{self._max_request_bytes}")
-        frame = encode_frame(body)
+        return rid, encode_frame(body)
+
+    def _close_if_idle(self) -> None:
+        if self._retired and not self._pending and not self._streams:
+            self.close("retired")
+
+    async def request(
+        self, op: str, fields: dict[str, Any], *, even_if_retired: bool = False
+    ) -> dict[str, Any]:
+        """Send one request and return the member's answer frame (``ok`` or ``err``).
+
+        ``even_if_retired``: send it on a retired (not yet closed) connection too — for
+        ending a stream that lives there (``watch_cancel`` only works on the watch's own
+        connection).
+
+        Raises:
+            ConnectionLost: the connection is or became unusable; ``request_sent`` tells
+                whether the member may have seen the request.
+            ClientError: the request cannot be encoded, or is over ``max_request_bytes``.
+        """
+        rid, frame = self._encode(op, fields, even_if_retired)
         slot = _Slot()
         self._pending[rid] = slot
         try:
@@ -220,12 +336,38 @@ class Connection:
             await slot.event.wait()
         finally:
             self._pending.pop(rid, None)
-            if self._retired and not self._pending:
-                self.close("retired")
+            self._close_if_idle()
         if slot.error is not None:
             raise slot.error
         assert slot.answer is not None
         return slot.answer
+
+    async def open_stream(self, op: str, fields: dict[str, Any], *, buffer: int) -> Stream:
+        """Send a stream request; its frames go to the returned ``Stream``, which buffers at
+        most ``buffer`` of them (see the module doc). Returns once the request is sent.
+
+        Raises:
+            ConnectionLost: the connection is or became unusable.
+            ClientError: the request cannot be encoded, or is too large.
+        """
+        rid, frame = self._encode(op, fields)
+        stream = Stream(self, rid, max(1, buffer))
+        self._streams[rid] = stream
+        try:
+            async with self._send_lock:
+                if self._broken is not None:
+                    raise ConnectionLost(f"{self.endpoint}: {self._broken}")
+                await self._send_whole(frame)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    def _forget_stream(self, stream: Stream) -> None:
+        if self._streams.get(stream.rid) is stream:
+            del self._streams[stream.rid]
+            stream._end(None)
+            self._close_if_idle()
 
     async def _send_whole(self, frame: bytes) -> None:
         # Shielded: a caller's cancellation must not cut a frame in half (see module doc).
@@ -243,10 +385,10 @@ class Connection:
             raise ConnectionLost(f"{self.endpoint}: {failure}", request_sent=True)
 
     def retire(self) -> None:
-        """Take no new requests; close once the requests in flight are answered."""
+        """Take no new requests; close once the requests in flight are answered and the
+        open streams have ended."""
         self._retired = True
-        if not self._pending:
-            self.close("retired")
+        self._close_if_idle()
 
     def close(self, reason: str = "closed by the client") -> None:
         """Fail every pending request with ``ConnectionLost`` and stop the reader (which
@@ -259,6 +401,9 @@ class Connection:
                                             request_sent=slot.sent)
                 slot.event.set()
         self._pending.clear()
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream._end(ConnectionLost(f"{self.endpoint}: {self._broken}", request_sent=True))
         self._scope.cancel()
 
     async def _read_loop(self) -> None:
@@ -309,5 +454,14 @@ class Connection:
         if slot is not None:  # None: its caller was cancelled or timed out; drop the answer
             slot.answer = answer
             slot.event.set()
+            return ""
+        stream = self._streams.get(rid)
+        if stream is not None:  # None: an abandoned stream's late frames are dropped
+            ok = answer.get("ok")
+            last = not isinstance(ok, dict) or bool(ok.get("canceled"))
+            if not stream._deliver(answer) or last:
+                del self._streams[rid]
+                stream._end(None)
+                self._close_if_idle()
         return ""
 

@@ -50,6 +50,24 @@ class ConnectionLost(Unavailable):
         self.request_sent = request_sent
 
 
+class StreamOverflow(Unavailable):
+    """A stream's consumer fell so far behind that its buffer filled; the connection's
+    reader ended that one stream rather than stall every other request behind it. A watch
+    recovers by itself: it re-creates the stream from the last revision it delivered."""
+
+    code = "stream_overflow"
+
+
+class WatchCompacted(Compacted):
+    """A watch needed history that has been compacted (its ``start_revision``, or the
+    revision it had to resume from, is older than ``compact_revision``). Re-list the keys
+    and watch again from the listing's revision + 1 — ``watch_prefix`` does exactly that."""
+
+    def __init__(self, message: str, *, compact_revision: int) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
 # The codes docs/protocol.md lists. Codes not listed here but carried by a class in
 # discoverd.errors (e.g. ``empty_key``, ``lease_not_found``) are found by ``_by_code``, so a
 # member newer than this table still gets its errors typed.

@@ -573,3 +573,167 @@ def txn_request(
     }
     read_only = all(op.read_only for items in ops.values() for op in items)
     return request, read_only
+
+
+# ----------------------------------------------------------------------------- leases
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """A granted lease: ``ttl`` is what the member granted, which may be more than asked
+    (it raises a TTL below its minimum, so a lease can outlive one leader change)."""
+
+    id: int
+    ttl: int
+    header: ResponseHeader
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> LeaseGrant:
+        return cls(_int(d, "id"), _int(d, "ttl"), ResponseHeader.from_wire(d.get("header")))
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseKeepAlive:
+    """The answer to one keep-alive: ``ttl`` is the TTL the lease now has again; 0 means
+    the lease is gone (expired or revoked) — etcd's shape, so it is a value, not an error."""
+
+    id: int
+    ttl: int
+    header: ResponseHeader
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> LeaseKeepAlive:
+        return cls(_int(d, "id"), _int(d, "ttl"), ResponseHeader.from_wire(d.get("header")))
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTimeToLive:
+    """``ttl``: seconds left (rounded up) as the leader sees it, -1 if the lease does not
+    exist; ``granted_ttl``: its full TTL; ``keys``: the keys attached, when asked for."""
+
+    id: int
+    ttl: int
+    granted_ttl: int
+    keys: list[bytes]
+    header: ResponseHeader
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> LeaseTimeToLive:
+        ttl = d.get("ttl", -1)
+        return cls(_int(d, "id"), int(ttl) if ttl is not None else -1, _int(d, "granted_ttl"),
+                   [bytes(k) for k in d.get("keys") or ()],
+                   ResponseHeader.from_wire(d.get("header")))
+
+
+# ----------------------------------------------------------------------------- watches
+
+
+class EventType(enum.StrEnum):
+    """What happened to a key (etcd's ``mvccpb.Event_EventType``); compares equal to the
+    protocol's strings ``"PUT"`` and ``"DELETE"``."""
+
+    PUT = "PUT"
+    DELETE = "DELETE"
+
+
+class WatchFilter(enum.StrEnum):
+    """Event types a watch asks the member not to send."""
+
+    NOPUT = "NOPUT"
+    NODELETE = "NODELETE"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change. For a DELETE, ``kv`` holds the key and ``mod_revision`` is the deleting
+    revision (its value is empty); ``prev_kv`` is the key before the change, when the watch
+    asked for it and the key existed."""
+
+    type: EventType
+    kv: KeyValue
+    prev_kv: KeyValue | None = None
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> WatchEvent:
+        try:
+            kind = EventType(str(d.get("type", "")).upper())
+        except ValueError:
+            raise ClientError(f"unrecognised watch event type {d.get('type')!r}") from None
+        prev = d.get("prev_kv")
+        return cls(kind, KeyValue.from_wire(d.get("kv") or {}),
+                   KeyValue.from_wire(prev) if prev else None)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchResponse:
+    """One batch of a watch: ``events`` in revision order (every event of one revision is
+    in the same batch), or none when ``progress`` is set (a bookmark). Either way,
+    ``revision`` (the header's) says every event of this watch up to it has been delivered,
+    which is what a consumer can record to resume from later."""
+
+    header: ResponseHeader
+    events: list[WatchEvent]
+    progress: bool = False
+    compact_revision: int = 0
+
+    @property
+    def revision(self) -> int:
+        return self.header.revision
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> WatchResponse:
+        return cls(ResponseHeader.from_wire(d.get("header")),
+                   [WatchEvent.from_wire(e) for e in d.get("events") or ()],
+                   bool(d.get("progress", False)), _int(d, "compact_revision"))
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What an informer (``watch_prefix``) yields first: every key of the prefix as of
+    ``revision``, read linearizably; the watch responses that follow are the changes after
+    it."""
+
+    kvs: tuple[KeyValue, ...]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Yielded by an informer instead of an error when the history it needed to resume was
+    compacted: the whole prefix again, as of ``revision``. Replace the local view with it;
+    the watch responses that follow are the changes after ``revision``."""
+
+    kvs: tuple[KeyValue, ...]
+    revision: int
+
+
+def watch_request(
+    key: BytesLike,
+    *,
+    range_end: BytesLike | None = None,
+    prefix: bool = False,
+    from_key: bool = False,
+    prev_kv: bool = False,
+    filters: Iterable[WatchFilter | str] = (),
+    progress_notify: bool = True,
+) -> dict[str, Any]:
+    """The fields of a ``watch`` request, except ``start_revision``: the watch sets that
+    itself on every (re)creation, from the last revision it delivered."""
+    k, end = _key_range(key, range_end, prefix, from_key)
+    if isinstance(filters, str):  # "NOPUT" would otherwise be read as five one-letter filters
+        filters = (filters,)
+    names: list[str] = []
+    for f in filters:
+        name = _enum(f, WatchFilter, "a watch filter")
+        if name is not None and name not in names:
+            names.append(name)
+    req: dict[str, Any] = {"key": k}
+    if end is not None:
+        req["range_end"] = end
+    if prev_kv:
+        req["prev_kv"] = True
+    if names:
+        req["filters"] = names
+    if progress_notify:
+        req["progress_notify"] = True
+    return req

@@ -4,34 +4,52 @@ One ``AsyncClient`` runs on an event loop in a background thread (an anyio block
 each method hands its call to that loop and waits for the result. So the sync client gets the
 async one's multiplexed connection, failover and retry rules for free, and it may be shared
 by many threads: their calls are pipelined on the one connection.
+
+Leases and watches run on that loop too. A ``SyncLease``'s keep-alives are a task there, so
+they go on while the caller's thread does anything at all (even blocks); its callbacks run in
+a worker thread, where they may use the ``Client``. A ``SyncWatch`` is a blocking iterator:
+each ``next`` waits on the caller's thread for the async watch's next item, and ``close()``
+(from any thread) ends an iteration in progress.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
+import anyio
+import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from discoverd.errors import ClientError
-from discoverd.sdk._client import AsyncClient
+from discoverd.sdk._client import DEFAULT_WATCH_BUFFER, AsyncClient
 from discoverd.sdk._connection import DEFAULT_MAX_REQUEST_BYTES
+from discoverd.sdk._lease import KeptAliveLease, LeaseCallback
 from discoverd.sdk._types import (
     BytesLike,
     Compare,
     DeleteResponse,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseTimeToLive,
     Op,
     PutResponse,
     RangeResponse,
     ResponseHeader,
+    Resync,
+    Snapshot,
     SortOrder,
     SortTarget,
     Status,
     TxnResponse,
+    WatchFilter,
+    WatchResponse,
 )
+from discoverd.sdk._watch import Informer, Watch
 
 T = TypeVar("T")
 
@@ -57,12 +75,14 @@ class Client:
         dial_timeout: float = 2.0,
         command_timeout: float = 5.0,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        watch_buffer: int = DEFAULT_WATCH_BUFFER,
     ) -> None:
         # Build (and validate) the async client first, so a bad argument raises before any
         # thread is started.
         self._async = AsyncClient(endpoints, dial_timeout=dial_timeout,
                                   command_timeout=command_timeout,
-                                  max_request_bytes=max_request_bytes)
+                                  max_request_bytes=max_request_bytes,
+                                  watch_buffer=watch_buffer)
         self._stack = contextlib.ExitStack()
         try:
             self._portal: BlockingPortal = self._stack.enter_context(
@@ -102,10 +122,24 @@ class Client:
     def endpoint(self) -> str:
         return self._async.endpoint
 
+    @property
+    def async_client(self) -> AsyncClient:
+        """The ``AsyncClient`` underneath (it lives on the background thread's loop)."""
+        return self._async
+
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._closed:  # the portal is gone; say so in the library's terms
             raise ClientError("the client is closed")
         return self._portal.call(functools.partial(fn, *args, **kwargs))
+
+    def _enter(self, cm: Any) -> AbstractContextManager[Any]:
+        """Enter an async context manager on the loop; the returned one leaves it there
+        (entering and leaving happen in one task, as anyio's cancel scopes require)."""
+        if self._closed:
+            raise ClientError("the client is closed")
+        wrapped: AbstractContextManager[Any] = self._portal.wrap_async_context_manager(cm)
+        wrapped.__enter__()
+        return wrapped
 
     def get(
         self,
@@ -193,4 +227,225 @@ class Client:
     ) -> dict[str, Any]:
         """See ``AsyncClient.call``."""
         result: dict[str, Any] = self._run(self._async.call, op, fields, retry_safe=retry_safe)
+        return result
+
+    # ------------------------------------------------------------------ leases
+
+    def lease_grant(self, ttl: int, *, id: int = 0) -> LeaseGrant:
+        """See ``AsyncClient.lease_grant``."""
+        result: LeaseGrant = self._run(self._async.lease_grant, ttl, id=id)
+        return result
+
+    def lease_revoke(self, id: int) -> ResponseHeader:
+        """See ``AsyncClient.lease_revoke``."""
+        result: ResponseHeader = self._run(self._async.lease_revoke, id)
+        return result
+
+    def lease_keepalive_once(self, id: int) -> LeaseKeepAlive:
+        """See ``AsyncClient.lease_keepalive_once``."""
+        result: LeaseKeepAlive = self._run(self._async.lease_keepalive_once, id)
+        return result
+
+    def lease_time_to_live(self, id: int, *, keys: bool = False) -> LeaseTimeToLive:
+        """See ``AsyncClient.lease_time_to_live``."""
+        result: LeaseTimeToLive = self._run(self._async.lease_time_to_live, id, keys=keys)
+        return result
+
+    def leases(self) -> list[int]:
+        """See ``AsyncClient.leases``."""
+        result: list[int] = self._run(self._async.leases)
+        return result
+
+    def lease(
+        self,
+        ttl: int,
+        *,
+        id: int = 0,
+        regrant: bool = True,
+        on_lost: Callable[[int], Any] | None = None,
+        on_regrant: Callable[[int], Any] | None = None,
+    ) -> SyncLease:
+        """A lease kept alive by the background thread while the ``with`` block runs::
+
+            with client.lease(10, on_regrant=reattach) as lease:
+                client.put("services/api/1", addr, lease=lease.id)
+                serve_forever()
+
+        As ``AsyncClient.lease``; the callbacks are plain functions, run in a worker
+        thread (so they may call this client)."""
+        return SyncLease(self, KeptAliveLease(
+            self._async, ttl, id=id, regrant=regrant, on_lost=_in_thread(on_lost),
+            on_regrant=_in_thread(on_regrant)))
+
+    # ------------------------------------------------------------------ watches
+
+    def watch(
+        self,
+        key: BytesLike,
+        *,
+        range_end: BytesLike | None = None,
+        prefix: bool = False,
+        from_key: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: Iterable[WatchFilter | str] = (),
+        progress_notify: bool = True,
+    ) -> SyncWatch[WatchResponse]:
+        """A blocking iterator of ``WatchResponse``s; see ``AsyncClient.watch``::
+
+            with client.watch("config/", prefix=True) as watch:
+                for resp in watch:
+                    ...
+        """
+        return SyncWatch(self, self._async.watch(
+            key, range_end=range_end, prefix=prefix, from_key=from_key,
+            start_revision=start_revision, prev_kv=prev_kv, filters=filters,
+            progress_notify=progress_notify))
+
+    def watch_prefix(
+        self, prefix: BytesLike, *, prev_kv: bool = False
+    ) -> SyncWatch[Snapshot | Resync | WatchResponse]:
+        """A blocking informer: ``Snapshot``, then ``WatchResponse``s and ``Resync``s; see
+        ``AsyncClient.watch_prefix``."""
+        return SyncWatch(self, self._async.watch_prefix(prefix, prev_kv=prev_kv))
+
+
+def _in_thread(callback: Callable[[int], Any] | None) -> LeaseCallback | None:
+    if callback is None:
+        return None
+
+    async def call(lease_id: int) -> None:
+        await anyio.to_thread.run_sync(callback, lease_id)
+
+    return call
+
+
+class SyncLease:
+    """The blocking face of a ``KeptAliveLease`` (``Client.lease``): ``id``, ``ttl``,
+    ``lost`` and ``wait_lost`` as there; the keep-alives run on the client's thread."""
+
+    def __init__(self, client: Client, lease: KeptAliveLease) -> None:
+        self._client = client
+        self._lease = lease
+        self._cm: AbstractContextManager[Any] | None = None
+
+    def __repr__(self) -> str:
+        return repr(self._lease).replace("KeptAliveLease", "SyncLease", 1)
+
+    def __enter__(self) -> SyncLease:
+        if self._cm is not None:
+            raise ClientError("a lease context can be entered only once")
+        self._cm = self._client._enter(self._lease)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the keep-alives and revoke the lease (best effort). Idempotent."""
+        cm, self._cm = self._cm, None
+        if cm is not None and not self._client._closed:
+            cm.__exit__(None, None, None)
+
+    @property
+    def id(self) -> int:
+        return self._lease.id
+
+    @property
+    def ttl(self) -> int:
+        return self._lease.ttl
+
+    @property
+    def lost(self) -> bool:
+        return self._lease.lost
+
+    def wait_lost(self, timeout: float | None = None) -> int:
+        """Block until the lease is lost; return the lost id. ``TimeoutError`` after
+        ``timeout`` seconds (None: no limit)."""
+
+        async def wait() -> int:
+            with anyio.fail_after(timeout):
+                return await self._lease.wait_lost()
+
+        result: int = self._client._run(wait)
+        return result
+
+
+class SyncWatch(Generic[T]):
+    """A blocking iterator over a watch (``Client.watch``) or an informer
+    (``Client.watch_prefix``). Use it in a ``with`` block; ``close()`` may be called from
+    another thread to end an iteration blocked in ``next``."""
+
+    def __init__(self, client: Client, source: Watch | Informer) -> None:
+        self._client = client
+        self._source = source
+        self._cm: AbstractContextManager[Any] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<SyncWatch {self._source!r}>"
+
+    def __enter__(self) -> SyncWatch[T]:
+        if self._cm is not None or self._closed:
+            raise ClientError("a watch can be entered only once")
+        self._cm = self._client._enter(self._source)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the watch; a ``next`` blocked in another thread returns (StopIteration).
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._client._closed:
+            return
+        self._client._run(self._source.aclose)
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> T:
+        """The next item; ``StopIteration`` once closed; ``TimeoutError`` if nothing came
+        within ``timeout`` seconds (the watch stays usable: nothing is lost)."""
+        if self._cm is None:
+            if self._closed:
+                raise StopIteration
+            raise ClientError("enter the watch first: 'with client.watch(...) as watch:'")
+        source = self._source
+
+        async def step() -> tuple[bool, Any]:
+            with anyio.fail_after(timeout):
+                try:
+                    return True, await source.__anext__()
+                except StopAsyncIteration:
+                    return False, None
+
+        try:
+            more, item = self._client._run(step)
+        except ClientError:
+            if self._client._closed:
+                raise StopIteration from None
+            raise
+        if not more:
+            raise StopIteration
+        result: T = item
         return result
