@@ -1,7 +1,8 @@
 """The MVCC key-value store, with etcd v3.4's semantics — pure.
 
 Owns: revisions and versions of keys (``revision``), the key → generations index
-(``index``), the store with range/put/delete_range/txn/compact and snapshots (``store``),
+(``index``), the store with range/put/delete_range/txn/compact and snapshots, and the write
+hooks that may refuse or extend a write before it commits (``store``),
 txn checks, compares and op dispatch (``txn``), and the request/response dataclasses with
 etcd's field names (``requests``), and the watch hub (``watch``) that routes the ``Event``
 lists the writes return to watchers, with bounded buffers and catch-up from history.
@@ -39,7 +40,7 @@ from discoverd.kv.requests import (
     TxnResponse,
 )
 from discoverd.kv.revision import Event, EventType, KeyValue, Revision
-from discoverd.kv.store import DEFAULT_MAX_TXN_OPS, LeaseCheck, MvccStore
+from discoverd.kv.store import DEFAULT_MAX_TXN_OPS, LeaseCheck, MvccStore, WriteHook, WriteView
 from discoverd.kv.watch import BatchKind, WatchBatch, WatchFilter, WatchHub, WatchRequest
 
 __all__ = [
@@ -74,4 +75,6 @@ __all__ = [
     "WatchFilter",
     "WatchHub",
     "WatchRequest",
+    "WriteHook",
+    "WriteView",
 ]

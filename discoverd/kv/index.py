@@ -21,7 +21,7 @@ Keys are kept in a ``SortedDict`` so that ranges are ordered scans, as with etcd
 from __future__ import annotations
 
 import sys
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 
 from sortedcontainers import SortedDict
@@ -59,6 +59,17 @@ class KeyIndex:
         self.generations[-1].append(rev)
         self.generations.append([])
 
+    def revert(self, rev: Revision) -> None:
+        """Take back the key's last change, ``rev`` (a put or a tombstone): the index is as
+        it was before it. How a write refused after its changes were made (by a write hook)
+        leaves no trace; only the newest change can be taken back, so a write reverts its
+        changes newest first."""
+        gens = self.generations
+        if not gens[-1] and len(gens) > 1:
+            gens.pop()  # the change was a tombstone: reopen the generation it ended
+        last = gens[-1].pop() if gens[-1] else None
+        assert last == rev, f"revert of {rev}, but {self!r}'s last change is {last}"
+
     def latest(self) -> Revision | None:
         """The revision of the key's current version, or ``None`` if it is deleted now."""
         current = self.generations[-1]
@@ -74,6 +85,17 @@ class KeyIndex:
             if gi != last and gen[-1].main <= at_main:
                 return None  # this incarnation was already deleted at at_main
             return gen[_latest_at_or_before(gen, at_main)]
+        return None
+
+    def previous(self, rev: Revision) -> Revision | None:
+        """The revision of the version that change ``rev`` replaced (``None``: ``rev``
+        created the key). Exact per change, where ``get(rev.main - 1)`` is per revision:
+        a write hook's derived change may follow another change of the key in one revision.
+        """
+        for gen in reversed(self.generations):
+            if gen and gen[0] <= rev:
+                i = bisect_left(gen, rev)
+                return gen[i - 1] if i > 0 else None
         return None
 
     def compact(self, at_main: int) -> list[Revision]:
@@ -133,14 +155,28 @@ class TreeIndex:
         assert ki is not None, f"tombstone on an unknown key {key!r}"
         ki.tombstone(rev)
 
-    def scan(self, key: bytes, range_end: bytes | None) -> Iterable[KeyIndex]:
-        """The key indexes of keys in ``[key, range_end)`` in key order; ``None``: no end."""
+    def revert(self, key: bytes, rev: Revision) -> None:
+        """Take back ``key``'s last change ``rev`` (see ``KeyIndex.revert``); a key left with
+        no revisions at all disappears, as if it had never been written."""
+        ki: KeyIndex | None = self._keys.get(key)
+        assert ki is not None, f"revert on an unknown key {key!r}"
+        ki.revert(rev)
+        if ki.is_empty():
+            del self._keys[key]
+
+    def scan(
+        self, key: bytes, range_end: bytes | None, *, reverse: bool = False
+    ) -> Iterable[KeyIndex]:
+        """The key indexes of keys in ``[key, range_end)`` in key order (descending if
+        ``reverse``); ``None``: no end."""
         if range_end is None:
-            keys = self._keys.irange(minimum=key)
+            keys = self._keys.irange(minimum=key, reverse=reverse)
         elif range_end <= key:
             return ()
         else:
-            keys = self._keys.irange(minimum=key, maximum=range_end, inclusive=(True, False))
+            keys = self._keys.irange(
+                minimum=key, maximum=range_end, inclusive=(True, False), reverse=reverse
+            )
         return (self._keys[k] for k in keys)
 
     def compact(self, at_main: int) -> list[Revision]:

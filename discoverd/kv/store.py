@@ -13,6 +13,14 @@ that deleted nothing and a read-only txn leave it alone; a put always changes so
 (etcd writes a new version even when the value is the same). Every check that can refuse a
 request runs before its first change, so a refused request changes nothing.
 
+Write hooks. ``put``, ``delete_range`` and ``txn`` take an optional ``hook``: a rule about
+*values* that the store itself does not know (the registry's schemas). It runs after the
+request's changes are made and before the revision is committed, sees the state as this write
+leaves it through a ``WriteView``, and may either refuse the write — the store then undoes
+every change of it (backend records, index revisions, size), so the refusal leaves no trace —
+or add derived changes to the same revision. A hook has to run after the changes because
+what it judges (a document against the schema written in the same txn) exists only then.
+
 The store is pure and deterministic: no clock, no I/O, no randomness, ordered iteration
 everywhere. It is applied on every member in log order, so identical inputs must give
 identical state and identical answers.
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 import sys
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from operator import attrgetter
 from typing import Any
@@ -67,6 +75,10 @@ SNAPSHOT_FORMAT = 1
 
 LeaseCheck = Callable[[int], bool]
 """``lease_exists(lease_id)``: asked for every non-zero lease a put attaches."""
+
+WriteHook = Callable[["WriteView", Sequence[Event]], None]
+"""``hook(view, events)``: called once per changing write with the request's own events (in
+order); raising refuses the whole write, ``view.put``/``view.delete`` add derived changes."""
 
 _SORT_KEYS: dict[SortTarget, Callable[[KeyValue], Any]] = {
     SortTarget.KEY: attrgetter("key"),
@@ -166,7 +178,7 @@ class MvccStore:
                 break
             ki = self._index.key_index(kv.key)
             assert ki is not None, f"backend version of an unindexed key {kv.key!r}"
-            prev_rev = ki.get(rev.main - 1)
+            prev_rev = ki.previous(rev)
             prev = self._backend[prev_rev] if prev_rev is not None else None
             kind = EventType.DELETE if kv.is_tombstone else EventType.PUT
             events.append(Event(kind, kv, prev))
@@ -194,9 +206,12 @@ class MvccStore:
             if key is None or (key <= kv.key and (end is None or kv.key < end)):
                 yield rev, kv
 
-    def _kvs(self, key: bytes, range_end: bytes, at: int) -> list[KeyValue]:
+    def _kvs(
+        self, key: bytes, range_end: bytes, at: int, *, reverse: bool = False, limit: int = 0
+    ) -> list[KeyValue]:
         """The versions visible at revision ``at`` of ``key`` (no ``range_end``) or of the
-        keys in ``[key, range_end)`` (``b"\\0"``: every key from ``key`` on), key-ordered."""
+        keys in ``[key, range_end)`` (``b"\\0"``: every key from ``key`` on), key-ordered
+        (descending if ``reverse``); the first ``limit`` only if ``limit`` > 0."""
         backend = self._backend
         if not range_end:
             ki = self._index.key_index(key)
@@ -204,10 +219,12 @@ class MvccStore:
             return [backend[rev]] if rev is not None else []
         end = None if range_end == FROM_KEY else range_end
         found: list[KeyValue] = []
-        for ki in self._index.scan(key, end):
+        for ki in self._index.scan(key, end, reverse=reverse):
             rev = ki.get(at)
             if rev is not None:
                 found.append(backend[rev])
+                if len(found) == limit:
+                    break
         return found
 
     def _range(self, request: RangeRequest, current: int) -> RangeResponse:
@@ -245,17 +262,23 @@ class MvccStore:
     # -- writes ------------------------------------------------------------------------------
 
     def put(
-        self, request: PutRequest, *, lease_exists: LeaseCheck | None = None
+        self,
+        request: PutRequest,
+        *,
+        lease_exists: LeaseCheck | None = None,
+        hook: WriteHook | None = None,
     ) -> tuple[PutResponse, list[Event]]:
         """Write one key; always makes a new revision.
 
         ``lease_exists`` is asked about ``request.lease`` when it is non-zero (``None``: the
-        caller has checked leases itself).
+        caller has checked leases itself). ``hook``: see the module docstring; the events
+        returned include its derived changes, after the request's own.
 
         Raises:
             EmptyKey, ValueProvided, LeaseProvided: malformed request.
             LeaseNotFound: ``lease_exists`` said no.
             KeyNotFound: ``ignore_value``/``ignore_lease`` on a key that does not exist.
+            Whatever ``hook`` raises; the store is then unchanged.
         """
         check_put_request(request)
         if request.lease and lease_exists is not None and not lease_exists(request.lease):
@@ -263,17 +286,24 @@ class MvccStore:
         self._check_ignore_flags(request)
         write = _Write(self)
         response = write.op_put(request)
+        self._run_hook(write, hook)
         return response, self._finish(write)
 
-    def delete_range(self, request: DeleteRangeRequest) -> tuple[DeleteRangeResponse, list[Event]]:
+    def delete_range(
+        self, request: DeleteRangeRequest, *, hook: WriteHook | None = None
+    ) -> tuple[DeleteRangeResponse, list[Event]]:
         """Delete a key or a range; a new revision only if at least one key was deleted.
+
+        ``hook`` runs only if something was deleted (see ``put``).
 
         Raises:
             EmptyKey: ``request.key`` is empty.
+            Whatever ``hook`` raises; the store is then unchanged.
         """
         check_range_request(request)
         write = _Write(self)
         response = write.op_delete_range(request)
+        self._run_hook(write, hook)
         return response, self._finish(write)
 
     def delete_keys(self, keys: Iterable[bytes]) -> tuple[int, list[Event]]:
@@ -289,12 +319,17 @@ class MvccStore:
         return self._revision, events
 
     def txn(
-        self, request: TxnRequest, *, lease_exists: LeaseCheck | None = None
+        self,
+        request: TxnRequest,
+        *,
+        lease_exists: LeaseCheck | None = None,
+        hook: WriteHook | None = None,
     ) -> tuple[TxnResponse, list[Event]]:
         """Run a transaction atomically, in at most one new revision.
 
         See ``kv/txn.py`` for the stages. Compares see the state before the txn; ranges in
-        the branch see the txn's own earlier writes.
+        the branch see the txn's own earlier writes. ``hook`` runs once after the chosen
+        branch, if it changed anything, and sees the whole branch's events (see ``put``).
 
         Raises:
             TooManyOps, EmptyKey, ValueProvided, LeaseProvided, KeyNotFound (empty op),
@@ -302,6 +337,7 @@ class MvccStore:
             KeyNotFound, LeaseNotFound: a put on the chosen path cannot be done.
             FutureRevision, Compacted: a range on the chosen path reads an unreadable
                 revision.
+            Whatever ``hook`` raises; the store is then unchanged.
         """
         check_txn_request(request, self.max_txn_ops)
         check_intervals(request.success)
@@ -320,6 +356,7 @@ class MvccStore:
         walk_path(request, path, self._check_range_revision)
         write = _Write(self)
         response = apply_path(write, request, path)
+        self._run_hook(write, hook)
         return response, self._finish(write)
 
     def _check_ignore_flags(self, request: PutRequest) -> None:
@@ -341,6 +378,31 @@ class MvccStore:
         if write.events:
             self._revision += 1
         return write.events
+
+    def _run_hook(self, write: _Write, hook: WriteHook | None) -> None:
+        """Let ``hook`` judge (and extend) a write that changed something; if it raises,
+        undo the write and let the exception through. Any exception undoes: a store left
+        half-written by a buggy hook would diverge from the other members for good."""
+        if hook is None or not write.events:
+            return
+        try:
+            hook(WriteView(write), tuple(write.events))
+        except BaseException:
+            self._undo(write)
+            raise
+
+    def _undo(self, write: _Write) -> None:
+        """Take back every change of ``write``, newest first (the index can only take back a
+        key's last change, and a derived change may follow the request's own on one key).
+        The write's changes are exactly its events: the one at sub revision ``i`` is event
+        ``i``, recorded at ``Revision(begin + 1, i)``."""
+        main = write.begin + 1
+        for sub in range(len(write.events) - 1, -1, -1):
+            rev = Revision(main, sub)
+            kv: KeyValue = self._backend.pop(rev)
+            self._size_bytes -= len(kv.key) + len(kv.value)
+            self._index.revert(kv.key, rev)
+        write.events.clear()
 
     def _record(self, rev: Revision, kv: KeyValue) -> None:
         self._backend[rev] = kv
@@ -433,6 +495,12 @@ class _Write:
     def op_range(self, request: RangeRequest) -> RangeResponse:
         return self._store._range(request, self.revision)
 
+    def read(
+        self, key: bytes, range_end: bytes, *, reverse: bool = False, limit: int = 0
+    ) -> list[KeyValue]:
+        """The live versions as this write leaves them so far."""
+        return self._store._kvs(key, range_end, self.begin + 1, reverse=reverse, limit=limit)
+
     def op_put(self, request: PutRequest) -> PutResponse:
         store = self._store
         ki = store._index.key_index(request.key)
@@ -468,6 +536,49 @@ class _Write:
             deleted=len(doomed),
             prev_kvs=tuple(doomed) if request.prev_kv else (),
         )
+
+
+class WriteView:
+    """What a write hook sees of the write in progress: reads of the state *with* this
+    write's changes, and derived changes made in the same revision.
+
+    Derived changes are the hook's own bookkeeping, so they skip the request checks
+    (``max_txn_ops``, duplicate keys, lease existence): the hook answers for them. They
+    become further events of the revision, after the request's own; the hook is not called
+    again for them.
+    """
+
+    __slots__ = ("_write",)
+
+    def __init__(self, write: _Write) -> None:
+        self._write = write
+
+    @property
+    def revision(self) -> int:
+        """The revision this write will commit as."""
+        return self._write.begin + 1
+
+    def get(self, key: bytes) -> KeyValue | None:
+        found = self._write.read(key, b"")
+        return found[0] if found else None
+
+    def range(
+        self, key: bytes, range_end: bytes, *, reverse: bool = False, limit: int = 0
+    ) -> list[KeyValue]:
+        """The live keys in ``[key, range_end)`` (``b"\\0"``: every key from ``key`` on),
+        key-ordered (descending if ``reverse``), the first ``limit`` of them if ``limit`` >
+        0. Like any range before compaction, it walks the deleted keys of the range too:
+        ``reverse`` with a ``limit`` finds the newest of a series of keys without walking
+        the old ones."""
+        return self._write.read(key, range_end, reverse=reverse, limit=limit)
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
+        """A derived put; ``lease`` is not checked against the lessor."""
+        self._write.op_put(PutRequest(key=key, value=value, lease=lease))
+
+    def delete(self, key: bytes) -> bool:
+        """A derived delete of one key; whether it existed."""
+        return self._write.op_delete_range(DeleteRangeRequest(key=key)).deleted > 0
 
 
 def _filter(kvs: list[KeyValue], request: RangeRequest) -> list[KeyValue]:
