@@ -8,11 +8,19 @@ are conditions a caller may retry elsewhere or later.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class DiscoverdError(Exception):
     """Root of every error discoverd raises on purpose."""
 
     code = "unknown"
+
+    def details(self) -> dict[str, Any]:
+        """Structured fields an error answer carries besides ``code`` and ``message``, so a
+        client can act on them without parsing the message."""
+        return {}
 
 
 class ClientError(DiscoverdError):
@@ -215,3 +223,52 @@ class BadRequest(ClientError):
     """A frame was not a cbor map, or not a frame at all (``bad_request``/``bad_frame``)."""
 
     code = "bad_request"
+
+
+# --- the registry (registry/): documents refused when their write is applied. ---
+
+_MAX_SUMMARISED = 3
+
+
+class ValidationError(ClientError):
+    """A write was refused because a value it writes is not what its key requires (a config
+    document that fails its schema, a schema that is not one, a malformed service record).
+
+    ``violations`` lists each problem as ``{"key", "path", "message", "schema_path"}``:
+    ``key`` the key whose value is at fault, ``path`` a JSON pointer (RFC 6901) to the
+    offending place in that value ("" for the whole value), ``schema_path`` a JSON pointer
+    to the schema keyword that failed ("" when no schema was involved). The message
+    summarises the first few, so a client that only prints messages still says why.
+    """
+
+    code = "validation_failed"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        violations: Sequence[Mapping[str, Any]] = (),
+        total: int | None = None,
+    ) -> None:
+        self.violations: list[dict[str, Any]] = [dict(v) for v in violations]
+        self.total = max(total or 0, len(self.violations))
+        """How many violations there were; ``violations`` may list only the first ones."""
+        super().__init__(message or _summarise(self.violations, self.total))
+
+    def details(self) -> dict[str, Any]:
+        return {"violations": [dict(v) for v in self.violations]}
+
+
+def _summarise(violations: Sequence[Mapping[str, Any]], total: int) -> str:
+    if not violations:
+        return "validation failed"
+    parts = []
+    for v in violations[:_MAX_SUMMARISED]:
+        where = str(v.get("key", ""))
+        path = str(v.get("path", ""))
+        if path:
+            where = f"{where} at {path}" if where else f"at {path}"
+        parts.append(f"{where}: {v.get('message', '')}" if where else str(v.get("message", "")))
+    more = total - min(len(violations), _MAX_SUMMARISED)
+    tail = f"; and {more} more" if more > 0 else ""
+    return "validation failed: " + "; ".join(parts) + tail

@@ -20,6 +20,7 @@ RULES: dict[str, set[str]] = {
     "storage": {"errors", "consensus"},
     "member": {"errors", "consensus", "machine", "storage", "wire"},
     "machine": {"errors", "consensus", "kv", "leases", "registry", "wire"},
+    "registry": {"errors", "kv", "wire"},
 }
 
 

@@ -39,6 +39,7 @@ from discoverd.kv.revision import Event, EventType
 from discoverd.kv.store import MvccStore
 from discoverd.kv.watch import WatchHub
 from discoverd.leases.lessor import Lessor
+from discoverd.registry import RegistryHook
 from discoverd.wire.kv_codec import WRITE_OPS, decode_request
 from discoverd.wire.lease_watch_codec import (
     decode_checkpoints,
@@ -94,6 +95,8 @@ class KvMachine:
         self.max_txn_ops = max_txn_ops
         self.lessor = Lessor(min_ttl=min_ttl, grace=grace)
         self.hub = WatchHub(self.store, max_buffered_events=max_buffered_events)
+        self.registry = RegistryHook()
+        """Judges kv writes to registry keys as they are applied (DESIGN §7)."""
         self.applied = 0
         self.woken: set[int] = set()
         """Watchers with something new to send since the shell last emptied this set."""
@@ -136,12 +139,13 @@ class KvMachine:
         exists = self.lessor.exists
         resp: Any
         events: list[Event]
+        hook = self.registry
         if isinstance(req, PutRequest):
-            resp, events = store.put(req, lease_exists=exists)
+            resp, events = store.put(req, lease_exists=exists, hook=hook)
         elif isinstance(req, DeleteRangeRequest):
-            resp, events = store.delete_range(req)
+            resp, events = store.delete_range(req, hook=hook)
         elif isinstance(req, TxnRequest):
-            resp, events = store.txn(req, lease_exists=exists)
+            resp, events = store.txn(req, lease_exists=exists, hook=hook)
         elif isinstance(req, CompactionRequest):
             resp = store.compact(req)
             self.woken |= self.hub.on_compact()

@@ -51,6 +51,7 @@ def error_body(exc: DiscoverdError) -> dict[str, Any]:
     leader = getattr(exc, "leader", 0)
     if leader:
         body["leader"] = leader
+    body.update(exc.details())  # e.g. a validation_failed's violations
     return body
 
 
