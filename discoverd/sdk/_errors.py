@@ -63,9 +63,11 @@ class WatchCompacted(Compacted):
     revision it had to resume from, is older than ``compact_revision``). Re-list the keys
     and watch again from the listing's revision + 1 — ``watch_prefix`` does exactly that."""
 
-    def __init__(self, message: str, *, compact_revision: int) -> None:
+    def __init__(self, message: str, *, compact_revision: int, header: Any = None) -> None:
         super().__init__(message)
         self.compact_revision = compact_revision
+        self.header = header
+        """The ``ResponseHeader`` of the member's canceled frame (None if not from one)."""
 
 
 # The codes docs/protocol.md lists. Codes not listed here but carried by a class in

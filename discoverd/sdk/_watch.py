@@ -32,7 +32,7 @@ import anyio
 from discoverd.errors import ClientError, DiscoverdError, FutureRevision, NotLeader, Unavailable
 from discoverd.sdk._connection import Connection, DialError, Stream
 from discoverd.sdk._errors import ConnectionLost, StreamOverflow, WatchCompacted, error_from_wire
-from discoverd.sdk._types import KeyValue, Resync, Snapshot, WatchResponse
+from discoverd.sdk._types import KeyValue, ResponseHeader, Resync, Snapshot, WatchResponse
 
 if TYPE_CHECKING:
     from discoverd.sdk._client import AsyncClient
@@ -237,7 +237,7 @@ class Watch:
             compact = _int(ok, "compact_revision")
             self._drop(move_on=compact == 0, ended=True)
             if compact > 0:
-                raise self._compacted(compact)
+                raise self._compacted(compact, ok)
             # Canceled by the member for a reason of its own (it is shutting down, say):
             # the application did not ask for this, so resume, elsewhere.
             return None
@@ -257,11 +257,12 @@ class Watch:
         # already delivered (after resuming there): nothing the application needs.
         return None
 
-    def _compacted(self, compact_revision: int) -> WatchCompacted:
+    def _compacted(self, compact_revision: int, ok: dict[str, Any]) -> WatchCompacted:
         return WatchCompacted(
             f"the watch needs history from revision {self._next_rev}, but revisions before "
             f"{compact_revision} have been compacted; re-list and watch from the listing's "
-            "revision + 1", compact_revision=compact_revision)
+            "revision + 1", compact_revision=compact_revision,
+            header=ResponseHeader.from_wire(ok.get("header")))
 
     # ------------------------------------------------------------------ (re)creation
 
@@ -364,7 +365,7 @@ class Watch:
             stream.close()
             compact = _int(ok, "compact_revision")
             if compact > 0:
-                raise self._compacted(compact)
+                raise self._compacted(compact, ok)
             client._move_on(conn)
             tried.append(f"{conn.endpoint}: canceled: {ok.get('cancel_reason', '')}")
             return False
