@@ -72,6 +72,7 @@ class LeaseService:
         self.log = log
         self._primary_term = 0
         self._primary_ready = trio.Event()
+        self._applied_changed = trio.Event()
         self._forwards: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._forward_ids = itertools.count(1)
         # Lease ids: 15 bits of the member id, then 48 bits of (start time ms << 8) + counter.
@@ -91,6 +92,12 @@ class LeaseService:
         }
 
     # ------------------------------------------------------------------ primary tracking
+
+    def after_apply(self) -> None:
+        """After each Ready: wake forwarded reads waiting to be applied; follow leadership."""
+        self._applied_changed.set()
+        self._applied_changed = trio.Event()
+        self.sync_role()
 
     def sync_role(self) -> None:
         """Promote the lessor once this member leads with a final log; demote it when it
@@ -179,8 +186,10 @@ class LeaseService:
         slot: list[Any] = []
         self._forwards[rid] = (done, slot)
         try:
-            self._send([AppMessage(0, self.member_id, leader,
-                                   cbor2.dumps({**op, "rid": rid}))])
+            # "applied": the leader answers only once it has applied as much as we have,
+            # so a client's own write (acknowledged here) is visible to its next read.
+            self._send([AppMessage(0, self.member_id, leader, cbor2.dumps(
+                {**op, "rid": rid, "applied": self.core.applied}))])
             with trio.move_on_after(FORWARD_TIMEOUT):
                 await done.wait()
         finally:
@@ -229,8 +238,24 @@ class LeaseService:
                 waiter[1].append(body)
                 waiter[0].set()
             return
+        applied = body.get("applied", 0)
+        if type(applied) is int and applied > self.core.applied and self._nursery is not None:
+            self._nursery.start_soon(self._answer_when_applied, msg.src, body, applied)
+            return
+        self._answer_forwarded(msg.src, body)
+
+    async def _answer_when_applied(self, src: int, body: dict[str, Any], applied: int) -> None:
+        with trio.move_on_after(FORWARD_TIMEOUT):
+            while self.core.applied < applied:
+                await self._applied_changed.wait()
+        self._answer_forwarded(src, body)  # a late answer is fine: the follower drops it
+
+    def _answer_forwarded(self, src: int, body: dict[str, Any]) -> None:
+        rid = body["rid"]
         answer: dict[str, Any] = {"rid": rid}
         try:
+            if self.core.applied < body.get("applied", 0):
+                raise Unavailable("the leader is behind the forwarding member; retry")
             if body.get("op") not in ("lease_keepalive", "lease_timetolive"):
                 raise ClientError(f"cannot forward {body.get('op')!r}")
             if not self.lessor.primary:
@@ -242,7 +267,7 @@ class LeaseService:
             answer["err"] = error_body(e)
         except (KeyError, TypeError) as e:
             answer["err"] = {"code": "invalid_argument", "message": f"bad forwarded op: {e}"}
-        self._send([AppMessage(0, self.member_id, msg.src, cbor2.dumps(answer))])
+        self._send([AppMessage(0, self.member_id, src, cbor2.dumps(answer))])
 
     # ------------------------------------------------------------------ the timer
 

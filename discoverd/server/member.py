@@ -107,7 +107,7 @@ class Member:
         if woken:
             self.machine.woken = set()
             self.watches.wake(woken)
-        self.leases.sync_role()
+        self.leases.after_apply()
 
     # ------------------------------------------------------------------ client ops
 

@@ -377,3 +377,21 @@ def test_a_whole_cluster_restart_neither_resets_nor_resurrects_leases(tmp_path: 
         gone = time.monotonic()
         assert gone - back < ttl - 1, "the lease got a fresh TTL after the restart"
         assert gone - granted_at >= ttl, "the lease ran out before its TTL"
+
+
+def test_lease_reads_through_a_follower_see_the_clients_own_writes(
+    cluster: ProcessCluster,
+) -> None:
+    """A follower forwards keep-alive and time-to-live to the leader with its applied
+    index; the leader answers only once it has applied as much, so a read right after the
+    client's own grant or revoke (acknowledged by the follower) never goes back in time."""
+    leader = cluster.wait_for_leader()
+    follower = next(m for m in cluster.members if m is not leader)
+    with NativeClient(follower.client_port) as c:
+        for _ in range(100):
+            lease = c.call("lease_grant", ttl=60)["id"]
+            assert c.call("lease_timetolive", lease=lease)["ttl"] > 0
+            assert c.call("lease_keepalive", lease=lease)["ttl"] == 60
+            c.call("lease_revoke", lease=lease)
+            assert c.call("lease_timetolive", lease=lease)["ttl"] == -1
+            assert c.call("lease_keepalive", lease=lease)["ttl"] == 0
