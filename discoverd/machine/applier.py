@@ -57,6 +57,10 @@ INTERNAL_OPS = ("lease_expire", "lease_checkpoint")
 SNAPSHOT_FORMAT = 2
 
 
+class _DryRun(Exception):
+    """Raised by ``validate_put``'s hook to undo a write that passed validation."""
+
+
 def encode_command(op: str, fields: dict[str, Any]) -> bytes:
     """The entry data for a command (``fields`` as received, minus ``id``/``op``)."""
     return cbor2.dumps({**fields, "op": op})
@@ -167,6 +171,26 @@ class KvMachine:
             if ev.type is EventType.PUT and ev.kv.lease:
                 lessor.attach(ev.kv.key, ev.kv.lease)
         self.woken |= self.hub.notify(events)
+
+    def validate_put(self, key: bytes, value: bytes) -> None:
+        """Judge a put of ``value`` at ``key`` as the registry would when applying it, and
+        change nothing (a dry run: ``discoverd config validate``). The put is made inside the
+        store and always undone by the hook before it commits, so no revision, event or
+        history entry results; it runs synchronously, so nothing else can observe it.
+
+        Raises:
+            ValidationError (or another ``DiscoverdError``): the put would be refused.
+        """
+        registry = self.registry
+
+        def judge_then_undo(view: Any, events: Any) -> None:
+            registry(view, events)
+            raise _DryRun
+
+        try:
+            self.store.put(PutRequest(key=key, value=value), hook=judge_then_undo)
+        except _DryRun:
+            return
 
     # ------------------------------------------------------------------ leases
 

@@ -31,6 +31,7 @@ from discoverd.server.watch_service import WatchService
 from discoverd.storage.disk_storage import DiskStorage
 from discoverd.storage.fs import OsFS
 from discoverd.wire.kv_codec import WRITE_OPS, decode_request, encode_response
+from discoverd.wire.registry_codec import config_key
 
 
 class Member:
@@ -123,6 +124,7 @@ class Member:
         ops: dict[str, Handler] = {"status": self.op_status, "range": self.op_range}
         for op in WRITE_OPS:
             ops[op] = self._write_op(op)
+        ops["config_validate"] = self.op_config_validate
         ops.update(self.leases.ops())
         ops.update(self.watches.ops())
         return ops
@@ -154,6 +156,22 @@ class Member:
             await self.loop.read_barrier()
         resp = self.machine.store.range(rr)
         return {"header": self.header(resp.header_revision), **encode_response(resp)}
+
+    async def op_config_validate(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
+        """Dry run of a config write (``{name, value}``): judged against the current schema
+        after a ReadIndex round, so against what a write now would meet; nothing changes."""
+        name, value = req.get("name"), req.get("value")
+        if not isinstance(name, str) or not name:
+            raise ClientError("field 'name' must be a non-empty string")
+        if not isinstance(value, bytes | str):
+            raise ClientError("field 'value' must be bytes (the JSON document)")
+        try:
+            key = config_key(name)
+        except ValueError as e:
+            raise ClientError(str(e)) from None
+        await self.loop.read_barrier()
+        self.machine.validate_put(key, value.encode() if isinstance(value, str) else bytes(value))
+        return {"header": self.header(), "valid": True}
 
     def _write_op(self, op: str) -> Handler:
         async def handle(req: dict[str, Any], conn: Connection) -> dict[str, Any]:

@@ -88,3 +88,27 @@ def test_an_invalid_document_is_refused_on_every_path_and_nothing_changes(
     # the refusals made no revision: the next write is the very next one
     with leader.client() as c:
         assert c.put(b"/after", b"1") == revision + 1
+
+
+def test_config_validate_is_a_dry_run(cluster: ProcessCluster) -> None:
+    """``config_validate`` judges a document against the current schema, on any member,
+    and changes nothing: no revision, no history, no document."""
+    leader = cluster.wait_for_leader()
+    follower = next(m for m in cluster.members if m is not leader)
+    with leader.client() as c:
+        assert "ok" in raw(c, "put", key=b"/schemas/app", value=json.dumps(SCHEMA).encode())
+    with follower.client() as c:
+        before = c.status()["header"]["revision"]
+        ok = raw(c, "config_validate", name="app", value=b'{"port": 1}')
+        assert ok["ok"]["valid"] is True
+        bad = raw(c, "config_validate", name="app", value=b'{"port": 70000}')
+        assert bad["err"]["code"] == "validation_failed"
+        assert bad["err"]["violations"][0]["path"] == "/port"
+        assert raw(c, "config_validate", name="app", value=b"{nope")["err"]["code"] == (
+            "validation_failed")
+        assert raw(c, "config_validate", name="", value=b"{}")["err"]["code"] == (
+            "invalid_argument")
+        assert c.status()["header"]["revision"] == before
+        assert c.get(b"/config/app") is None
+        history = c.call("range", key=b"/config-history/", range_end=b"/config-history0")
+        assert history["kvs"] == []
