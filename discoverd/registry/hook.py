@@ -12,15 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from discoverd.errors import ClientError, ValidationError
-from discoverd.kv.revision import Event
+from discoverd.kv.revision import Event, EventType
 from discoverd.kv.store import WriteView
 from discoverd.registry import services
 from discoverd.registry.config import DEFAULT_CACHE_SIZE, DEFAULT_HISTORY_LIMIT, ConfigRules
 from discoverd.wire.registry_codec import (
     CONFIG_HISTORY_PREFIX,
+    CONFIG_PREFIX,
     REGISTRY_PREFIXES,
+    SCHEMAS_PREFIX,
     SERVICES_PREFIX,
     sort_violations,
+    violation,
 )
 
 MAX_VIOLATIONS = 100
@@ -65,6 +68,14 @@ class RegistryHook:
                 )
             (service_events if key.startswith(SERVICES_PREFIX) else config_events).append(ev)
         found = services.check(service_events) if service_events else []
+        # A document or schema must not vanish with a lease: its deletion would bypass the
+        # generation record (lease revokes delete without this hook) and leave no history.
+        found += [
+            violation(ev.kv.key, "config documents and schemas cannot be attached to a lease")
+            for ev in config_events
+            if ev.type is EventType.PUT and ev.kv.lease
+            and ev.kv.key.startswith((CONFIG_PREFIX, SCHEMAS_PREFIX))
+        ]
         if config_events:
             found += self.config.check(view, config_events)
         if found:

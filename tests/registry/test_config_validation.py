@@ -673,3 +673,25 @@ def test_any_schema_and_document_end_in_a_verdict_never_a_crash(schema: Any, doc
         assert isinstance(result, tuple | ValidationError), result
         if isinstance(result, ValidationError):
             assert result.violations
+
+
+def test_a_config_document_or_schema_on_a_lease_is_refused() -> None:
+    """Deleting keys on lease expiry bypasses the registry's generation record, so a
+    document (or schema) on a lease would vanish without history: refused up front."""
+    from discoverd.consensus.messages import Entry, EntryKind
+    from discoverd.errors import ValidationError
+    from discoverd.machine.applier import KvMachine, encode_command
+
+    m = KvMachine(min_ttl=1)
+    entries = [("lease_grant", {"lease": 5, "ttl": 10}),
+               ("put", {"key": b"/config/app", "value": b"{}", "lease": 5}),
+               ("put", {"key": b"/schemas/app", "value": b"{}", "lease": 5}),
+               ("put", {"key": b"/config-status/app/i1", "value": b'{"generation": 1, '
+                        b'"applied": true}', "lease": 5})]
+    results = [m.apply(Entry(1, i + 1, EntryKind.NORMAL, encode_command(op, f)))
+               for i, (op, f) in enumerate(entries)]
+    for bad in results[1:3]:
+        assert isinstance(bad, ValidationError)
+        assert bad.violations[0]["message"] == (
+            "config documents and schemas cannot be attached to a lease")
+    assert not isinstance(results[3], Exception)  # status reports live on leases
