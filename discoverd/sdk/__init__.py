@@ -2,6 +2,11 @@
 blocking ``Client``, speaking the native protocol (docs/protocol.md) with failover across
 endpoints.
 
+The registry (DESIGN §7) on top: ``register``/``discover``/``watch_services``/``picker``/
+``pick`` for services, ``get_config``/``put_config``/``watch_config``/``config_handle``/...
+for config documents — as methods of both clients, and as module-level functions using one
+default ``Client`` (``discoverd.sdk.register("api", ttl=10)``).
+
 Layering: this package imports only ``discoverd.wire``, ``discoverd.errors`` and third-party
 libraries, so applications get the client without the server's code paths.
 """
@@ -28,12 +33,50 @@ from discoverd.errors import (
     TooManyOps,
     TooManyWatches,
     Unavailable,
+    ValidationError,
     ValueProvided,
     WatchNotFound,
 )
 from discoverd.sdk._client import DEFAULT_ENDPOINT, ENV_ENDPOINTS, AsyncClient
-from discoverd.sdk._errors import ConnectionLost, WatchCompacted
+from discoverd.sdk._config import (
+    ENV_CACHE_DIR,
+    ConfigDocument,
+    ConfigHandle,
+    ConfigWatch,
+)
+from discoverd.sdk._defaults import (
+    config_handle,
+    config_history,
+    config_status,
+    default_client,
+    discover,
+    get_config,
+    get_schema,
+    pick,
+    picker,
+    put_config,
+    put_schema,
+    register,
+    rollback_config,
+    validate_config,
+    watch_config,
+    watch_services,
+)
+from discoverd.sdk._errors import (
+    ConfigConflict,
+    ConfigNotFound,
+    ConnectionLost,
+    NoInstances,
+    WatchCompacted,
+)
 from discoverd.sdk._lease import KeptAliveLease
+from discoverd.sdk._services import (
+    Picker,
+    Registration,
+    ServiceSet,
+    ServiceWatch,
+    primary_address,
+)
 from discoverd.sdk._types import (
     Compare,
     CompareBuilder,
@@ -59,10 +102,19 @@ from discoverd.sdk._types import (
     prefix_range_end,
 )
 from discoverd.sdk._watch import Informer, Watch
-from discoverd.sdk.sync import Client, SyncLease, SyncWatch
+from discoverd.sdk.sync import (
+    Client,
+    SyncConfigHandle,
+    SyncLease,
+    SyncPicker,
+    SyncRegistration,
+    SyncWatch,
+)
+from discoverd.wire.registry_codec import ConfigStatus, Health, HistoryEntry, ServiceInstance
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "ENV_CACHE_DIR",
     "ENV_ENDPOINTS",
     "AsyncClient",
     "BadRequest",
@@ -71,6 +123,12 @@ __all__ = [
     "Compacted",
     "Compare",
     "CompareBuilder",
+    "ConfigConflict",
+    "ConfigDocument",
+    "ConfigHandle",
+    "ConfigNotFound",
+    "ConfigStatus",
+    "ConfigWatch",
     "ConnectionLost",
     "DeleteResponse",
     "DiscoverdError",
@@ -78,6 +136,8 @@ __all__ = [
     "EmptyKey",
     "EventType",
     "FutureRevision",
+    "Health",
+    "HistoryEntry",
     "Informer",
     "KeptAliveLease",
     "KeyNotFound",
@@ -89,25 +149,35 @@ __all__ = [
     "LeaseProvided",
     "LeaseTTLTooLarge",
     "LeaseTimeToLive",
+    "NoInstances",
     "NotLeader",
     "Op",
+    "Picker",
     "ProposalDropped",
     "PutResponse",
     "RangeResponse",
+    "Registration",
     "RequestTimeout",
     "RequestTooLarge",
     "ResponseHeader",
     "Resync",
+    "ServiceInstance",
+    "ServiceSet",
+    "ServiceWatch",
     "Snapshot",
     "SortOrder",
     "SortTarget",
     "Status",
+    "SyncConfigHandle",
     "SyncLease",
+    "SyncPicker",
+    "SyncRegistration",
     "SyncWatch",
     "TooManyOps",
     "TooManyWatches",
     "TxnResponse",
     "Unavailable",
+    "ValidationError",
     "ValueProvided",
     "Watch",
     "WatchCompacted",
@@ -115,5 +185,22 @@ __all__ = [
     "WatchFilter",
     "WatchNotFound",
     "WatchResponse",
+    "config_handle",
+    "config_history",
+    "config_status",
+    "default_client",
+    "discover",
+    "get_config",
+    "get_schema",
+    "pick",
+    "picker",
     "prefix_range_end",
+    "primary_address",
+    "put_config",
+    "put_schema",
+    "register",
+    "rollback_config",
+    "validate_config",
+    "watch_config",
+    "watch_services",
 ]

@@ -21,8 +21,11 @@ What is retried is decided by whether a second attempt could apply a write twice
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +33,17 @@ import anyio
 import anyio.abc
 
 from discoverd.errors import ClientError, NotLeader, RequestTimeout, Unavailable
+from discoverd.sdk import _config, _services
+from discoverd.sdk._config import (
+    DEFAULT_STATUS_TTL,
+    ChangeCallback,
+    ConfigCache,
+    ConfigDocument,
+    ConfigHandle,
+    ConfigWatch,
+    Document,
+    default_cache_dir,
+)
 from discoverd.sdk._connection import (
     DEFAULT_MAX_REQUEST_BYTES,
     Connection,
@@ -39,6 +53,16 @@ from discoverd.sdk._connection import (
 )
 from discoverd.sdk._errors import ConnectionLost, error_from_wire, is_retryable
 from discoverd.sdk._lease import KeptAliveLease, LeaseCallback
+from discoverd.sdk._services import (
+    DEFAULT_TTL,
+    Picker,
+    Registration,
+    ServiceWatch,
+    build_instance,
+    generate_instance_id,
+    health_set,
+    pick_from,
+)
 from discoverd.sdk._types import (
     BytesLike,
     Compare,
@@ -63,6 +87,9 @@ from discoverd.sdk._types import (
     watch_request,
 )
 from discoverd.sdk._watch import Informer, Watch
+from discoverd.wire.registry_codec import ConfigStatus, Health, HistoryEntry, ServiceInstance
+
+_log = logging.getLogger("discoverd.sdk")
 
 ENV_ENDPOINTS = "DISCOVERD_ENDPOINTS"
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
@@ -117,6 +144,9 @@ class AsyncClient:
         watch_buffer: frames each watch holds for a consumer that is not reading; past it
             the watch drops its stream and resumes from history when the consumer catches
             up (bounded memory, no lost event).
+        cache_dir: where ``get_config`` keeps the last copy of each document it read, for
+            when no member answers. Default: ``$DISCOVERD_CACHE_DIR``, else
+            ``~/.cache/discoverd``. Created on first use.
 
     Every error raised derives from ``discoverd.errors.DiscoverdError``. Writes that raise
     ``RequestTimeout``, ``ProposalDropped`` or ``ConnectionLost`` have an unknown outcome
@@ -131,6 +161,7 @@ class AsyncClient:
         command_timeout: float = 5.0,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         watch_buffer: int = DEFAULT_WATCH_BUFFER,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if dial_timeout <= 0 or command_timeout <= 0:
             raise ClientError("dial_timeout and command_timeout must be positive")
@@ -147,6 +178,11 @@ class AsyncClient:
         self._tg: anyio.abc.TaskGroup | None = None
         self._dial_lock: anyio.Lock | None = None
         self._closed = False
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._cache: ConfigCache | None = None
+        self._closables: dict[Any, None] = {}
+        """Registrations, pickers and config handles still open (an ordered set): closed by
+        ``aclose`` before the connection goes, so that a closing client deregisters."""
 
     def __repr__(self) -> str:
         return f"<AsyncClient endpoints={','.join(self.endpoints)} current={self.endpoint}>"
@@ -175,7 +211,17 @@ class AsyncClient:
         entered the client (``async with`` does)."""
         if self._closed:
             return
+        # Deregister and withdraw status reports while the connection still works.
+        with anyio.CancelScope(shield=True):
+            for obj in reversed(list(self._closables)):
+                try:
+                    await obj.aclose()
+                except Exception as e:  # closing must go on: the connection is still open
+                    _log.warning("discoverd.sdk: closing %r failed: %s", obj, e)
+        self._closables.clear()
         self._closed = True
+        if self._cache is not None:
+            self._cache.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -422,6 +468,214 @@ class AsyncClient:
         key = to_bytes(prefix, "prefix")
         request = watch_request(key, prefix=True, prev_kv=prev_kv, progress_notify=True)
         return Informer(self, key, request, buffer=self.watch_buffer)
+
+    # ------------------------------------------------------------------ services
+
+    def register(
+        self,
+        service: str,
+        *,
+        ttl: int = DEFAULT_TTL,
+        address: str | None = None,
+        port: int | None = None,
+        id: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, str] | None = None,
+        weight: int = 1,
+        zone: str = "",
+        version: str = "",
+        health: Health | str = Health.PASSING,
+    ) -> Registration:
+        """Register an instance of ``service`` (DESIGN §7), kept alive in the background::
+
+            reg = await client.register("api", port=8080, tags=["v2"])
+            async with client.register("api", port=8080) as reg: ...
+
+        ``address`` defaults to the host's primary address (the source address of its
+        default route), ``id`` to ``<hostname>-<pid>-<random>`` (stable for the
+        registration, also across lease re-grants), ``registered_at`` to now. The record
+        lives on a lease of ``ttl`` seconds renewed every ttl/3; a lost lease is replaced
+        and the record written again. ``reg.set_health("draining")`` / ``reg.update(...)``
+        rewrite it; ``reg.close()`` deregisters. Invalid fields raise ``ValidationError``
+        before anything is sent. See ``Registration``.
+        """
+        if type(ttl) is not int or ttl < 1:
+            raise ClientError(f"ttl must be an int >= 1, not {ttl!r}")
+        instance = build_instance(service, address=address, port=port, id=id, tags=tags,
+                                  meta=meta, weight=weight, zone=zone, version=version,
+                                  health=health)
+        return Registration(self, instance, ttl, resolve_address=address is None)
+
+    async def discover(
+        self,
+        service: str | None,
+        *,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, str] | None = None,
+        health: Iterable[Health | str] | None = (Health.PASSING,),
+        include_warning: bool = False,
+    ) -> list[ServiceInstance]:
+        """The instances of ``service`` (``None``: of every service) that have every one of
+        ``tags``, every ``meta`` pair, and a health in ``health`` (passing only by default;
+        ``include_warning`` adds warning; ``None`` means any), sorted by id. A linearizable
+        read; malformed records are skipped with a log line."""
+        return await _services.discover(self, service, tags=tags, meta=meta, health=health,
+                                        include_warning=include_warning)
+
+    def watch_services(
+        self,
+        service: str | None,
+        *,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, str] | None = None,
+        health: Iterable[Health | str] | None = (Health.PASSING,),
+        include_warning: bool = False,
+    ) -> ServiceWatch:
+        """The matching instances of ``service`` as ``ServiceSet``s — the current set
+        first, then one per change (filters as for ``discover``)::
+
+            async with client.watch_services("api") as sets:
+                async for s in sets:
+                    print(s.revision, [i.address for i in s.instances], s.added, s.removed)
+
+        Resumes across member failures; re-lists after compaction. See ``ServiceWatch``."""
+        return ServiceWatch(self, service, tags=tags, meta=meta,
+                            health=health_set(health, include_warning))
+
+    def picker(
+        self,
+        service: str,
+        *,
+        strategy: str = "random",
+        zone: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
+    ) -> Picker:
+        """A ``Picker`` over the live passing instances of ``service``::
+
+            async with client.picker("api", zone="eu-1") as picker:
+                inst = picker.pick()
+
+        ``strategy`` ``"random"`` (weight-proportional) or ``"round_robin"`` (id order);
+        instances in ``zone`` are preferred while any is passing; ``NoInstances`` when none
+        qualifies. ``rng`` makes random picks reproducible."""
+        return Picker(self, service, strategy=strategy, zone=zone, tags=tags, meta=meta,
+                      rng=rng)
+
+    async def pick(
+        self,
+        service: str,
+        *,
+        strategy: str = "random",
+        zone: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, str] | None = None,
+    ) -> ServiceInstance:
+        """One instance of ``service`` from a fresh ``discover`` (as ``Picker.pick``);
+        for many picks, a ``picker`` avoids the read per pick."""
+        instances = await self.discover(service, tags=tags, meta=meta)
+        return pick_from(instances, service=service, strategy=strategy, zone=zone)
+
+    # ------------------------------------------------------------------ config
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where config documents are kept for offline reads (resolved when first needed:
+        a process without a home directory that never reads config must not fail)."""
+        if self._cache_dir is None:
+            self._cache_dir = default_cache_dir()
+        return self._cache_dir
+
+    def _config_cache(self) -> ConfigCache:
+        if self._cache is None:
+            self._cache = ConfigCache(self.cache_dir, ",".join(sorted(self.endpoints)))
+        return self._cache
+
+    async def get_config(self, name: str, *, generation: int | None = None) -> ConfigDocument:
+        """The config document ``name`` with its revision and generation (linearizable).
+
+        When no member answers (``Unavailable`` after failover), the copy kept from the last
+        successful read (in ``cache_dir``) is returned with ``stale=True`` and a warning is
+        logged; without one the ``Unavailable`` is raised. ``ConfigNotFound`` if there is
+        no document. ``generation`` reads that generation from the history instead (no
+        cache fallback; ``ConfigNotFound`` if it is not kept or was a deletion)."""
+        return await _config.get_config(self, name, generation)
+
+    async def put_config(
+        self, name: str, document: Document, *, expect_generation: int | None = None
+    ) -> ConfigDocument:
+        """Write the document ``name`` (a mapping, or JSON text sent verbatim); returns it
+        with its new revision and generation.
+
+        ``ValidationError`` (with ``.violations``) when it does not satisfy its schema —
+        judged by the members when the write is applied; nothing changes then.
+        ``expect_generation``: write only if the current generation is that one (0: the
+        document was never written), else ``ConfigConflict`` — optimistic concurrency for
+        read-modify-write. A write: an unknown outcome raises (see the class docs)."""
+        return await _config.put_config(self, name, document,
+                                        expect_generation=expect_generation)
+
+    async def put_schema(self, name: str, schema: Document) -> int:
+        """Set the JSON Schema of config ``name``; returns the revision. ``ValidationError``
+        if it is not a valid schema, or the current document would not satisfy it."""
+        return await _config.put_schema(self, name, schema)
+
+    async def get_schema(self, name: str) -> dict[str, Any] | None:
+        """The JSON Schema of config ``name``, or ``None`` if it has none."""
+        return await _config.get_schema(self, name)
+
+    async def validate_config(self, name: str, document: Document) -> None:
+        """Dry run of ``put_config``: judged exactly as the write would be now, nothing
+        changes. Returns if valid, raises ``ValidationError`` with the violations if not."""
+        await _config.validate_config(self, name, document)
+
+    def watch_config(self, name: str) -> ConfigWatch:
+        """The document ``name`` and then each new generation of it, as
+        ``ConfigDocument``s (a deletion has ``deleted=True``)::
+
+            async with client.watch_config("app") as docs:
+                async for doc in docs:
+                    ...
+
+        Resumes like every watch. See ``ConfigWatch``."""
+        return ConfigWatch(self, name)
+
+    async def config_history(self, name: str) -> list[HistoryEntry]:
+        """The kept generations of ``name`` (the newest 50 by default), newest first."""
+        return await _config.config_history(self, name)
+
+    async def rollback_config(
+        self, name: str, generation: int, *, expect_generation: int | None = None
+    ) -> ConfigDocument:
+        """Write the document of ``generation`` again, as a new generation.
+        ``ConfigNotFound`` if that generation is no longer kept or was a deletion."""
+        return await _config.rollback_config(self, name, generation,
+                                             expect_generation=expect_generation)
+
+    def config_handle(
+        self,
+        name: str,
+        *,
+        on_change: ChangeCallback,
+        instance: str | None = None,
+        ttl: int = DEFAULT_STATUS_TTL,
+    ) -> ConfigHandle:
+        """Follow config ``name``: ``on_change(doc)`` for the current document and every new
+        one, each followed by a status report at ``/config-status/<name>/<instance>`` (on a
+        lease of ``ttl``) saying which generation was applied and whether it failed.
+        ``instance`` defaults to a generated ``<hostname>-<pid>-<random>``. See
+        ``ConfigHandle``."""
+        if type(ttl) is not int or ttl < 1:
+            raise ClientError(f"ttl must be an int >= 1, not {ttl!r}")
+        return ConfigHandle(self, name, instance=instance or generate_instance_id(),
+                            on_change=on_change, ttl=ttl)
+
+    async def config_status(self, name: str) -> dict[str, ConfigStatus]:
+        """What each consumer of ``name`` reports it applied, by instance."""
+        return await _config.config_status(self, name)
+
+    # ------------------------------------------------------------------ raw calls
 
     async def call(
         self, op: str, fields: Mapping[str, Any] | None = None, *, retry_safe: bool = False

@@ -13,6 +13,7 @@ covers the library. The families say what a caller can do:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from discoverd.errors import (
     RequestTooLarge,
     TooManyOps,
     Unavailable,
+    ValidationError,
 )
 
 
@@ -70,6 +72,35 @@ class WatchCompacted(Compacted):
         """The ``ResponseHeader`` of the member's canceled frame (None if not from one)."""
 
 
+class NoInstances(Unavailable):
+    """A picker found no instance to choose: none registered, none passing, or every
+    passing one has weight 0. In the ``Unavailable`` family because it is a condition of the
+    moment (an instance may register a second later), not a mistake in the call."""
+
+    code = "no_instances"
+
+
+class ConfigNotFound(KeyNotFound):
+    """The config document (or the generation of it asked for) does not exist."""
+
+    code = "config_not_found"
+
+
+class ConfigConflict(ClientError):
+    """A ``put_config(..., expect_generation=G)`` found another generation current:
+    someone else wrote the document since it was read. Read it again, merge, retry.
+
+    ``expected`` is the generation asked for, ``actual`` the current one (0: the document
+    has never been written)."""
+
+    code = "config_conflict"
+
+    def __init__(self, message: str, *, expected: int, actual: int) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
 # The codes docs/protocol.md lists. Codes not listed here but carried by a class in
 # discoverd.errors (e.g. ``empty_key``, ``lease_not_found``) are found by ``_by_code``, so a
 # member newer than this table still gets its errors typed.
@@ -87,6 +118,7 @@ _PROTOCOL_CODES: dict[str, type[DiscoverdError]] = {
     "proposal_dropped": ProposalDropped,
     "timeout": RequestTimeout,
     "unavailable": Unavailable,
+    "validation_failed": ValidationError,
 }
 
 
@@ -108,6 +140,8 @@ def error_from_wire(err: Mapping[str, Any]) -> DiscoverdError:
     code = str(err.get("code", "unknown"))
     message = str(err.get("message", "") or code)
     cls = _CODES.get(code)
+    if cls is ValidationError:
+        return _validation_error(err, message)
     exc = cls(message) if cls is not None else DiscoverdError(message)
     if cls is None:
         exc.code = code
@@ -115,6 +149,26 @@ def error_from_wire(err: Mapping[str, Any]) -> DiscoverdError:
     if isinstance(exc, NotLeader | ProposalDropped) and type(leader) is int:
         exc.leader = leader
     return exc
+
+
+_MORE = re.compile(r"; and (\d+) more$")
+
+
+def _validation_error(err: Mapping[str, Any], message: str) -> ValidationError:
+    """``validation_failed`` with its ``violations`` (docs/protocol.md "Registry
+    validation"). The member lists at most 100; the total is only in its message ("…; and N
+    more" after the first three), so it is read back from there to keep ``total`` honest."""
+    raw = err.get("violations")
+    violations = [
+        {k: str(v.get(k, "")) for k in ("key", "path", "message", "schema_path")}
+        for v in (raw if isinstance(raw, list) else ())
+        if isinstance(v, Mapping)
+    ]
+    total = len(violations)
+    more = _MORE.search(message)
+    if more is not None:
+        total = max(total, min(len(violations), 3) + int(more.group(1)))
+    return ValidationError(message, violations=violations, total=total)
 
 
 def is_retryable(exc: DiscoverdError, *, retry_safe: bool) -> bool:

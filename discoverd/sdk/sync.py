@@ -10,15 +10,30 @@ they go on while the caller's thread does anything at all (even blocks); its cal
 a worker thread, where they may use the ``Client``. A ``SyncWatch`` is a blocking iterator:
 each ``next`` waits on the caller's thread for the async watch's next item, and ``close()``
 (from any thread) ends an iteration in progress.
+
+The registry's long-lived objects follow the same pattern: a ``SyncRegistration``'s
+keep-alives, a ``SyncPicker``'s set and a ``SyncConfigHandle``'s watch are tasks on that loop.
+Because a plain script has no shutdown sequence of its own, registrations are also withdrawn
+at interpreter exit (``atexit``) and, unless the application handles SIGTERM itself, on
+SIGTERM — after which the process dies of SIGTERM as it would have. Clients still open at
+exit are closed then too: their loop thread would otherwise be joined forever when the
+interpreter finalises the forgotten client.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import logging
+import os
+import random
+import signal
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -27,8 +42,16 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from discoverd.errors import ClientError
 from discoverd.sdk._client import DEFAULT_WATCH_BUFFER, AsyncClient
+from discoverd.sdk._config import (
+    DEFAULT_STATUS_TTL,
+    ConfigDocument,
+    ConfigHandle,
+    ConfigWatch,
+    Document,
+)
 from discoverd.sdk._connection import DEFAULT_MAX_REQUEST_BYTES
 from discoverd.sdk._lease import KeptAliveLease, LeaseCallback
+from discoverd.sdk._services import DEFAULT_TTL, Picker, Registration, ServiceSet, ServiceWatch
 from discoverd.sdk._types import (
     BytesLike,
     Compare,
@@ -50,8 +73,11 @@ from discoverd.sdk._types import (
     WatchResponse,
 )
 from discoverd.sdk._watch import Informer, Watch
+from discoverd.wire.registry_codec import ConfigStatus, Health, HistoryEntry, ServiceInstance
 
 T = TypeVar("T")
+
+_log = logging.getLogger("discoverd.sdk")
 
 
 class Client:
@@ -76,13 +102,14 @@ class Client:
         command_timeout: float = 5.0,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         watch_buffer: int = DEFAULT_WATCH_BUFFER,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         # Build (and validate) the async client first, so a bad argument raises before any
         # thread is started.
         self._async = AsyncClient(endpoints, dial_timeout=dial_timeout,
                                   command_timeout=command_timeout,
                                   max_request_bytes=max_request_bytes,
-                                  watch_buffer=watch_buffer)
+                                  watch_buffer=watch_buffer, cache_dir=cache_dir)
         self._stack = contextlib.ExitStack()
         try:
             self._portal: BlockingPortal = self._stack.enter_context(
@@ -93,6 +120,7 @@ class Client:
             self._stack.close()
             raise
         self._closed = False
+        _exit.track_client(self)
 
     def __enter__(self) -> Client:
         return self
@@ -109,8 +137,12 @@ class Client:
         return f"<Client endpoints={','.join(self.endpoints)} current={self.endpoint}>"
 
     def close(self) -> None:
-        """Close the connection and stop the background thread. Idempotent."""
+        """Deregister what this client registered (and close its pickers and config
+        handles), close the connection and stop the background thread. Idempotent."""
         if not self._closed:
+            for reg in list(_exit.registrations):
+                if reg._client is self:
+                    reg.close()
             self._closed = True
             self._stack.close()
 
@@ -310,6 +342,191 @@ class Client:
         return SyncWatch(self, self._async.watch_prefix(prefix, prev_kv=prev_kv))
 
 
+    # ------------------------------------------------------------------ services
+
+    def register(
+        self,
+        service: str,
+        *,
+        ttl: int = DEFAULT_TTL,
+        address: str | None = None,
+        port: int | None = None,
+        id: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, str] | None = None,
+        weight: int = 1,
+        zone: str = "",
+        version: str = "",
+        health: Health | str = Health.PASSING,
+        handle_sigterm: bool | None = None,
+    ) -> SyncRegistration:
+        """Register an instance of ``service`` and keep it alive from the background thread
+        until ``close()`` (or the end of a ``with`` block); see ``AsyncClient.register``::
+
+            reg = client.register("api", port=8080)
+            reg.set_health("draining")
+            reg.close()
+
+        It is also deregistered at interpreter exit and, with ``handle_sigterm``, on SIGTERM
+        (then the process dies of SIGTERM, as it would have without the handler; a Python
+        handler installed before is called instead of dying). ``handle_sigterm`` defaults
+        to True when called from the main thread with no SIGTERM handler installed, so a
+        plain script behind ``kill``/``docker stop``/systemd deregisters at once.
+        """
+        reg = self._async.register(
+            service, ttl=ttl, address=address, port=port, id=id, tags=tags, meta=meta,
+            weight=weight, zone=zone, version=version, health=health)
+        in_main = threading.current_thread() is threading.main_thread()
+        if handle_sigterm is None:
+            handle_sigterm = in_main and _exit.sigterm_free()
+        elif handle_sigterm and not in_main:
+            raise ClientError("handle_sigterm=True needs the main thread (Python installs "
+                              "signal handlers only there)")
+        self._run(reg.start)
+        sync = SyncRegistration(self, reg)
+        _exit.registrations[sync] = None
+        if handle_sigterm:
+            _exit.install_sigterm()
+        return sync
+
+    def discover(
+        self,
+        service: str | None,
+        *,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, str] | None = None,
+        health: Iterable[Health | str] | None = (Health.PASSING,),
+        include_warning: bool = False,
+    ) -> list[ServiceInstance]:
+        """See ``AsyncClient.discover``."""
+        result: list[ServiceInstance] = self._run(
+            self._async.discover, service, tags=list(tags), meta=meta,
+            health=None if health is None else list(health), include_warning=include_warning)
+        return result
+
+    def watch_services(
+        self,
+        service: str | None,
+        *,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, str] | None = None,
+        health: Iterable[Health | str] | None = (Health.PASSING,),
+        include_warning: bool = False,
+    ) -> SyncWatch[ServiceSet]:
+        """A blocking iterator of ``ServiceSet``s; see ``AsyncClient.watch_services``::
+
+            with client.watch_services("api") as sets:
+                for s in sets:
+                    ...
+        """
+        return SyncWatch(self, self._async.watch_services(
+            service, tags=tags, meta=meta, health=health, include_warning=include_warning))
+
+    def picker(
+        self,
+        service: str,
+        *,
+        strategy: str = "random",
+        zone: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
+    ) -> SyncPicker:
+        """A picker kept current by the background thread; see ``AsyncClient.picker``::
+
+            with client.picker("api") as picker:
+                inst = picker.pick()
+        """
+        return SyncPicker(self, self._async.picker(
+            service, strategy=strategy, zone=zone, tags=tags, meta=meta, rng=rng))
+
+    def pick(
+        self,
+        service: str,
+        *,
+        strategy: str = "random",
+        zone: str | None = None,
+        tags: Iterable[str] = (),
+        meta: Mapping[str, str] | None = None,
+    ) -> ServiceInstance:
+        """See ``AsyncClient.pick``."""
+        result: ServiceInstance = self._run(self._async.pick, service, strategy=strategy,
+                                            zone=zone, tags=list(tags), meta=meta)
+        return result
+
+    # ------------------------------------------------------------------ config
+
+    def get_config(self, name: str, *, generation: int | None = None) -> ConfigDocument:
+        """See ``AsyncClient.get_config``."""
+        result: ConfigDocument = self._run(self._async.get_config, name,
+                                           generation=generation)
+        return result
+
+    def put_config(
+        self, name: str, document: Document, *, expect_generation: int | None = None
+    ) -> ConfigDocument:
+        """See ``AsyncClient.put_config``."""
+        result: ConfigDocument = self._run(self._async.put_config, name, document,
+                                           expect_generation=expect_generation)
+        return result
+
+    def put_schema(self, name: str, schema: Document) -> int:
+        """See ``AsyncClient.put_schema``."""
+        result: int = self._run(self._async.put_schema, name, schema)
+        return result
+
+    def get_schema(self, name: str) -> dict[str, Any] | None:
+        """See ``AsyncClient.get_schema``."""
+        result: dict[str, Any] | None = self._run(self._async.get_schema, name)
+        return result
+
+    def validate_config(self, name: str, document: Document) -> None:
+        """See ``AsyncClient.validate_config``."""
+        self._run(self._async.validate_config, name, document)
+
+    def watch_config(self, name: str) -> SyncWatch[ConfigDocument]:
+        """A blocking iterator of ``ConfigDocument``s; see ``AsyncClient.watch_config``."""
+        return SyncWatch(self, self._async.watch_config(name))
+
+    def config_history(self, name: str) -> list[HistoryEntry]:
+        """See ``AsyncClient.config_history``."""
+        result: list[HistoryEntry] = self._run(self._async.config_history, name)
+        return result
+
+    def rollback_config(
+        self, name: str, generation: int, *, expect_generation: int | None = None
+    ) -> ConfigDocument:
+        """See ``AsyncClient.rollback_config``."""
+        result: ConfigDocument = self._run(self._async.rollback_config, name, generation,
+                                           expect_generation=expect_generation)
+        return result
+
+    def config_handle(
+        self,
+        name: str,
+        *,
+        on_change: Callable[[ConfigDocument], Any],
+        instance: str | None = None,
+        ttl: int = DEFAULT_STATUS_TTL,
+    ) -> SyncConfigHandle:
+        """See ``AsyncClient.config_handle``; ``on_change`` is a plain function, run in a
+        worker thread (so it may call this client)::
+
+            with client.config_handle("app", on_change=reconfigure) as handle:
+                serve_forever()
+        """
+
+        async def in_thread(doc: ConfigDocument) -> None:
+            await anyio.to_thread.run_sync(on_change, doc)
+
+        return SyncConfigHandle(self, self._async.config_handle(
+            name, on_change=in_thread, instance=instance, ttl=ttl))
+
+    def config_status(self, name: str) -> dict[str, ConfigStatus]:
+        """See ``AsyncClient.config_status``."""
+        result: dict[str, ConfigStatus] = self._run(self._async.config_status, name)
+        return result
+
 def _in_thread(callback: Callable[[int], Any] | None) -> LeaseCallback | None:
     if callback is None:
         return None
@@ -381,7 +598,9 @@ class SyncWatch(Generic[T]):
     (``Client.watch_prefix``). Use it in a ``with`` block; ``close()`` may be called from
     another thread to end an iteration blocked in ``next``."""
 
-    def __init__(self, client: Client, source: Watch | Informer) -> None:
+    def __init__(
+        self, client: Client, source: Watch | Informer | ServiceWatch | ConfigWatch
+    ) -> None:
         self._client = client
         self._source = source
         self._cm: AbstractContextManager[Any] | None = None
@@ -449,3 +668,228 @@ class SyncWatch(Generic[T]):
             raise StopIteration
         result: T = item
         return result
+
+
+class SyncRegistration:
+    """The blocking face of a ``Registration`` (``Client.register``): registered already;
+    ``instance``, ``id``, ``lease_id`` as there; ``set_health``, ``update`` and ``close``
+    block until done. The keep-alives run on the client's thread."""
+
+    def __init__(self, client: Client, registration: Registration) -> None:
+        self._client = client
+        self._reg = registration
+
+    def __repr__(self) -> str:
+        return repr(self._reg).replace("Registration", "SyncRegistration", 1)
+
+    def __enter__(self) -> SyncRegistration:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def registration(self) -> Registration:
+        """The async ``Registration`` underneath (it lives on the client's loop)."""
+        return self._reg
+
+    @property
+    def instance(self) -> ServiceInstance:
+        return self._reg.instance
+
+    @property
+    def id(self) -> str:
+        return self._reg.id
+
+    @property
+    def service(self) -> str:
+        return self._reg.service
+
+    @property
+    def key(self) -> bytes:
+        return self._reg.key
+
+    @property
+    def lease_id(self) -> int:
+        return self._reg.lease_id
+
+    @property
+    def ttl(self) -> int:
+        return self._reg.ttl
+
+    @property
+    def closed(self) -> bool:
+        return self._reg.closed
+
+    def set_health(self, health: Health | str) -> None:
+        """See ``Registration.set_health``."""
+        self._client._run(self._reg.set_health, health)
+
+    def update(self, **fields: Any) -> None:
+        """See ``Registration.update``."""
+        self._client._run(self._reg.update, **fields)
+
+    def close(self) -> None:
+        """Deregister (see ``Registration.close``). Idempotent."""
+        _exit.registrations.pop(self, None)
+        if not self._client._closed:
+            self._client._run(self._reg.close)
+
+
+class SyncPicker:
+    """The blocking face of a ``Picker`` (``Client.picker``); ``pick()`` never blocks — it
+    chooses from the set the background thread keeps current."""
+
+    def __init__(self, client: Client, picker: Picker) -> None:
+        self._client = client
+        self._picker = picker
+
+    def __repr__(self) -> str:
+        return repr(self._picker).replace("Picker", "SyncPicker", 1)
+
+    def __enter__(self) -> SyncPicker:
+        self._client._run(self._picker.__aenter__)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop following the service. Idempotent."""
+        if not self._client._closed:
+            self._client._run(self._picker.aclose)
+
+    def pick(self) -> ServiceInstance:
+        """See ``Picker.pick``."""
+        return self._picker.pick()
+
+    @property
+    def instances(self) -> tuple[ServiceInstance, ...]:
+        return self._picker.instances
+
+    @property
+    def revision(self) -> int:
+        return self._picker.revision
+
+
+class SyncConfigHandle:
+    """The blocking face of a ``ConfigHandle`` (``Client.config_handle``): entering returns
+    once ``on_change`` ran for the current document; later changes are applied in a worker
+    thread while the caller's thread does anything else."""
+
+    def __init__(self, client: Client, handle: ConfigHandle) -> None:
+        self._client = client
+        self._handle = handle
+
+    def __repr__(self) -> str:
+        return repr(self._handle).replace("ConfigHandle", "SyncConfigHandle", 1)
+
+    def __enter__(self) -> SyncConfigHandle:
+        self._client._run(self._handle.__aenter__)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop following the document and withdraw the status report. Idempotent."""
+        if not self._client._closed:
+            self._client._run(self._handle.aclose)
+
+    @property
+    def name(self) -> str:
+        return self._handle.name
+
+    @property
+    def instance(self) -> str:
+        return self._handle.instance
+
+    @property
+    def document(self) -> ConfigDocument | None:
+        return self._handle.document
+
+    @property
+    def status(self) -> ConfigStatus | None:
+        return self._handle.status
+
+
+class _ExitHooks:
+    """Process-wide: which sync registrations and clients are live, and the atexit and
+    SIGTERM hooks that close them.
+
+    Registrations are held strongly: ``sdk.register("api")`` with the result thrown away is
+    a registration that must live (and be withdrawn at exit). Clients are held weakly; one
+    that is still referenced at exit is closed then.
+    """
+
+    def __init__(self) -> None:
+        self.registrations: dict[SyncRegistration, None] = {}
+        self.clients: weakref.WeakSet[Client] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._atexit = False
+        self._sigterm = False
+        self._previous: Any = signal.SIG_DFL
+
+    def track_client(self, client: Client) -> None:
+        with self._lock:
+            self.clients.add(client)
+            if not self._atexit:
+                self._atexit = True
+                atexit.register(self.at_exit)
+
+    def sigterm_free(self) -> bool:
+        """No SIGTERM handler but Python's default (or ours) is installed."""
+        current = signal.getsignal(signal.SIGTERM)
+        return current in (signal.SIG_DFL, None) or current == self.on_sigterm
+
+    def install_sigterm(self) -> None:
+        with self._lock:
+            if self._sigterm:
+                return
+            self._previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self.on_sigterm)
+            self._sigterm = True
+
+    def deregister_all(self) -> None:
+        for reg in list(self.registrations):
+            try:
+                reg.close()
+            except Exception as e:  # exiting: say why, and go on with the others
+                _log.warning("discoverd.sdk: deregistering %r failed: %s", reg, e)
+
+    def at_exit(self) -> None:
+        self.deregister_all()
+        for client in list(self.clients):
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        """Deregister, then do what SIGTERM would have done without us."""
+        self.deregister_all()
+        previous = self._previous
+        if callable(previous):
+            previous(signum, frame)
+            return
+        if previous == signal.SIG_IGN:
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(128 + signal.SIGTERM)  # not reached: the default action ends the process
+
+
+_exit = _ExitHooks()
