@@ -58,3 +58,37 @@ def test_the_rule_checker_sees_a_violation(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
     sample.write_text("import time\nfrom discoverd.server import x\n")
     assert _imports(sample) == {"time", "discoverd.server"}
+
+
+# Edges: they may use clocks, sockets and threads, but only the layers named here. (The
+# SDK's rule is tests/sdk/test_sdk_client.py::test_sdk_imports_no_server_side_package.)
+EDGE_RULES: dict[str, set[str]] = {
+    "cli": {"errors", "wire", "sdk", "cli"},  # plus the entry points below
+}
+CLI_SERVER_ENTRY = {
+    "discoverd.server.config", "discoverd.server.member",  # `serve`
+    "discoverd.testing.sim",  # `sim`
+}
+
+
+@pytest.mark.parametrize("package", sorted(EDGE_RULES))
+def test_edge_package_imports(package: str) -> None:
+    allowed = EDGE_RULES[package] | {package}
+    bad = []
+    for f in sorted((PACKAGE / package).rglob("*.py")):
+        tree = ast.parse(f.read_text(), filename=str(f))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "discoverd" or name in ("discoverd",):
+                    continue
+                if package == "cli" and name in CLI_SERVER_ENTRY:
+                    continue
+                if len(parts) < 2 or parts[1] not in allowed:
+                    bad.append(f"{f.relative_to(PACKAGE)} imports {name}")
+    assert not bad, "\n".join(bad)
