@@ -3,7 +3,9 @@
 
 Errors are reported as etcdctl reports them: one line ``Error: <message>`` on stderr and exit
 code 1 — usage mistakes (unknown flag, bad value) included; the streams (``watch``, ``lease
-keep-alive``) end with etcdctl's own codes where a script may tell them apart. Heavy modules
+keep-alive``) end with etcdctl's own codes where a script may tell them apart. A registry
+write the members refuse (etcd has none) adds one line per violation, whichever verb sent it
+(``output.error_report``). Heavy modules
 (the SDK, the server) are imported inside the verbs that need them, so ``discoverd get``
 starts quickly.
 """
@@ -18,17 +20,19 @@ import click
 
 from discoverd import __version__
 from discoverd.cli.commands.compaction import compaction
+from discoverd.cli.commands.config import config
 from discoverd.cli.commands.del_ import del_
 from discoverd.cli.commands.endpoint import endpoint
 from discoverd.cli.commands.get import get
 from discoverd.cli.commands.lease import lease
 from discoverd.cli.commands.put import put
 from discoverd.cli.commands.serve import serve
+from discoverd.cli.commands.services import services
 from discoverd.cli.commands.sim import sim
 from discoverd.cli.commands.txn import txn
 from discoverd.cli.commands.watch import watch
 from discoverd.cli.options import global_options
-from discoverd.cli.output import CliError, etcd_error_message
+from discoverd.cli.output import CliError, error_report
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,13 +42,14 @@ def cli(**_globals: Any) -> None:
     """Service discovery and shared configuration on a Raft-replicated key-value store."""
 
 
-for _command in (get, put, del_, txn, compaction, watch, lease, endpoint, serve, sim):
+for _command in (get, put, del_, txn, compaction, watch, lease, endpoint, services, config,
+                 serve, sim):
     cli.add_command(_command)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1, details: Sequence[str] = ()) -> None:
     sys.stdout.flush()
-    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.write(f"Error: {message}\n" + "".join(f"{line}\n" for line in details))
     sys.stderr.flush()
     sys.exit(code)
 
@@ -66,9 +71,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Abort:
         _fail("interrupted")
     except CliError as e:
-        _fail(str(e), e.exit_code)
+        _fail(str(e), e.exit_code, e.details)
     except DiscoverdError as e:
-        _fail(etcd_error_message(e))
+        message, details = error_report(e)
+        _fail(message, 1, details)
     except BrokenPipeError:
         sys.exit(1)
     if isinstance(code, int) and code:

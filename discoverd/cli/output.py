@@ -54,11 +54,14 @@ FORMATS: tuple[Format, ...] = ("simple", "json", "fields", "table")
 class CliError(Exception):
     """An error the CLI reports as etcdctl does: ``Error: <message>`` on stderr, exit 1
     (or ``exit_code``, where etcdctl's own code matters: a lease that is gone, a watch the
-    member canceled)."""
+    member canceled). ``details``: lines printed after the ``Error:`` line (the violations
+    of a refused registry write; etcd has no such errors)."""
 
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+    def __init__(self, message: str, *, exit_code: int = 1, details: Sequence[str] = ()
+                 ) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.details = tuple(details)
 
 
 # ----------------------------------------------------------------------------- Go formatting
@@ -662,6 +665,40 @@ def etcd_error_message(exc: BaseException) -> str:
     return text
 
 
+def violation_line(v: Mapping[str, Any]) -> str:
+    """One violation of a refused registry write: ``  <key> <path>: <message>`` (no path
+    when the whole value is at fault), on one line."""
+    path = str(v.get("path") or "")
+    where = f"{v.get('key', '')} {path}" if path else str(v.get("key", ""))
+    message = " ".join(str(v.get("message", "")).splitlines())
+    return f"  {where}: {message}"
+
+
+def error_report(exc: BaseException) -> tuple[str, tuple[str, ...]]:
+    """What the CLI prints for the error it ends with: the ``Error:`` line's message and
+    the lines after it. A registry write refused by the members (``validation_failed``)
+    reads the same whichever verb sent it — ``config put``, ``config validate``, a raw
+    ``put`` or a ``txn``::
+
+        Error: validation failed: 2 violation(s)
+          /config/app /port: 'x' is not of type 'integer'
+          /config/app /replicas: -1 is less than the minimum of 0
+
+    one line per violation in the members' order (by key, path, message); when the member
+    listed only the first ones, a last line says how many more there were."""
+    from discoverd.errors import ValidationError
+
+    if isinstance(exc, CliError):
+        return str(exc), exc.details
+    if isinstance(exc, ValidationError) and exc.violations:
+        total = max(exc.total, len(exc.violations))
+        lines = [violation_line(v) for v in exc.violations]
+        if total > len(lines):
+            lines.append(f"  ... and {total - len(lines)} more")
+        return f"validation failed: {total} violation(s)", tuple(lines)
+    return etcd_error_message(exc), ()
+
+
 def write_out(data: bytes, *, err: bool = False) -> None:
     """Write raw bytes to stdout (or stderr) and flush."""
     import sys
@@ -679,6 +716,7 @@ __all__ = [
     "EndpointStatus",
     "Format",
     "Printer",
+    "error_report",
     "etcd_error_message",
     "go_duration",
     "go_hex_id",
@@ -687,5 +725,6 @@ __all__ = [
     "go_quote_list",
     "humanize_bytes",
     "render_table",
+    "violation_line",
     "write_out",
 ]
