@@ -422,6 +422,13 @@ def test_config_status_and_input_errors(cli: Cli) -> None:
     assert cli.fails("config", "diff", "st", "x", "1") == \
         'Error: bad generation (strconv.ParseInt: parsing "x": invalid syntax)\n'
     assert json.loads(cli.ok("config", "get", "st")) == {"a": 1}
+    # a generation-guarded write
+    assert cli.fails("config", "put", "st", cli.file("g.json", {"a": 2}),
+                     "--expect-generation", "5") == (
+        "Error: config 'st' is at generation 1, not 5: it was written meanwhile; read it "
+        "again and retry\n")
+    assert cli.ok("config", "put", "st", cli.file("g.json", {"a": 2}), "--expect-generation",
+                  "1").startswith("st: generation 2, revision ")
 
 
 def test_error_report_one_line_per_violation_and_how_many_more() -> None:
