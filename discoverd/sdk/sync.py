@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import FrameType, TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -741,19 +741,20 @@ class SyncRegistration:
             self._client._run(self._reg.close)
 
 
-class SyncPicker:
-    """The blocking face of a ``Picker`` (``Client.picker``); ``pick()`` never blocks — it
-    chooses from the set the background thread keeps current."""
+class _SyncFollower:
+    """The blocking face of an async object that follows something in the client's loop
+    (a ``Picker``, a ``ConfigHandle``): entering starts it there, ``close`` stops it."""
 
-    def __init__(self, client: Client, picker: Picker) -> None:
+    def __init__(self, client: Client, inner: Picker | ConfigHandle) -> None:
         self._client = client
-        self._picker = picker
+        self._inner = inner
 
     def __repr__(self) -> str:
-        return repr(self._picker).replace("Picker", "SyncPicker", 1)
+        name = type(self._inner).__name__
+        return repr(self._inner).replace(name, type(self).__name__, 1)
 
-    def __enter__(self) -> SyncPicker:
-        self._client._run(self._picker.__aenter__)
+    def __enter__(self) -> Self:
+        self._client._run(self._inner.__aenter__)
         return self
 
     def __exit__(
@@ -765,9 +766,18 @@ class SyncPicker:
         self.close()
 
     def close(self) -> None:
-        """Stop following the service. Idempotent."""
+        """Stop following. Idempotent."""
         if not self._client._closed:
-            self._client._run(self._picker.aclose)
+            self._client._run(self._inner.aclose)
+
+
+class SyncPicker(_SyncFollower):
+    """The blocking face of a ``Picker`` (``Client.picker``); ``pick()`` never blocks — it
+    chooses from the set the background thread keeps current."""
+
+    def __init__(self, client: Client, picker: Picker) -> None:
+        super().__init__(client, picker)
+        self._picker = picker
 
     def pick(self) -> ServiceInstance:
         """See ``Picker.pick``."""
@@ -782,34 +792,15 @@ class SyncPicker:
         return self._picker.revision
 
 
-class SyncConfigHandle:
+class SyncConfigHandle(_SyncFollower):
     """The blocking face of a ``ConfigHandle`` (``Client.config_handle``): entering returns
     once ``on_change`` ran for the current document; later changes are applied in a worker
-    thread while the caller's thread does anything else."""
+    thread while the caller's thread does anything else. ``close`` also withdraws the
+    status report."""
 
     def __init__(self, client: Client, handle: ConfigHandle) -> None:
-        self._client = client
+        super().__init__(client, handle)
         self._handle = handle
-
-    def __repr__(self) -> str:
-        return repr(self._handle).replace("ConfigHandle", "SyncConfigHandle", 1)
-
-    def __enter__(self) -> SyncConfigHandle:
-        self._client._run(self._handle.__aenter__)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop following the document and withdraw the status report. Idempotent."""
-        if not self._client._closed:
-            self._client._run(self._handle.aclose)
 
     @property
     def name(self) -> str:
