@@ -24,7 +24,7 @@ from discoverd.member.core import MemberCore
 from discoverd.server.api_server import ClientApi, Connection, Handler
 from discoverd.server.config import MemberConfig, parse_url, parse_urls
 from discoverd.server.lease_service import LeaseService
-from discoverd.server.logs import configure_logging
+from discoverd.logs import configure_logging
 from discoverd.server.raft_loop import RaftLoop
 from discoverd.server.transport import PeerTransport
 from discoverd.server.watch_service import WatchService

@@ -1,4 +1,5 @@
-"""structlog set-up for a member: console lines by default, JSON lines with --log-format json."""
+"""structlog set-up for a process (a member, the agent): console lines by default, JSON lines
+with --log-format json. Shared by `server/` and `agents/`, so it sits at the top."""
 
 from __future__ import annotations
 
