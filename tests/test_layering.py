@@ -1,5 +1,5 @@
 """The import rule of ARCHITECTURE.md, checked: pure packages import no clock, no global
-randomness, no sockets, no trio, and nothing from the layers above them."""
+randomness, no sockets, no trio, no metrics library, and nothing from the layers above them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "discoverd"
 
-FORBIDDEN_EVERYWHERE_PURE = {"trio", "time", "random", "socket", "threading", "asyncio", "anyio"}
+FORBIDDEN_EVERYWHERE_PURE = {"trio", "time", "random", "socket", "threading", "asyncio", "anyio",
+                             "prometheus_client"}  # metrics are the shell's (server/metrics.py)
 RULES: dict[str, set[str]] = {
     # package: the discoverd.* packages it may import (besides itself)
     "consensus": {"errors"},
@@ -63,12 +64,14 @@ def test_the_rule_checker_sees_a_violation(tmp_path: Path) -> None:
 # Edges: they may use clocks, sockets and threads, but only the layers named here. (The
 # SDK's rule is tests/sdk/test_sdk_client.py::test_sdk_imports_no_server_side_package.)
 EDGE_RULES: dict[str, set[str]] = {
-    "cli": {"errors", "wire", "sdk", "cli"},  # plus the entry points below
+    "cli": {"errors", "wire", "sdk", "cli", "agents", "logs"},  # plus the entry points below
+    "agents": {"errors", "sdk", "logs"},  # the sidecar uses the SDK only (DESIGN §2)
 }
 CLI_SERVER_ENTRY = {
     "discoverd.server.config", "discoverd.server.member",  # `serve`
     "discoverd.testing.sim",  # `sim`
 }
+AGENT_CLI_ENTRY = {"discoverd.cli.__main__"}  # `python -m discoverd.agents` is `discoverd agent`
 
 
 @pytest.mark.parametrize("package", sorted(EDGE_RULES))
@@ -88,6 +91,8 @@ def test_edge_package_imports(package: str) -> None:
                 if parts[0] != "discoverd" or name in ("discoverd",):
                     continue
                 if package == "cli" and name in CLI_SERVER_ENTRY:
+                    continue
+                if f.name == "__main__.py" and package == "agents" and name in AGENT_CLI_ENTRY:
                     continue
                 if len(parts) < 2 or parts[1] not in allowed:
                     bad.append(f"{f.relative_to(PACKAGE)} imports {name}")

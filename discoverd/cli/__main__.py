@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from discoverd import __version__
+from discoverd.cli.commands.agent import agent
 from discoverd.cli.commands.compaction import compaction
 from discoverd.cli.commands.config import config
 from discoverd.cli.commands.del_ import del_
@@ -43,7 +44,7 @@ def cli(**_globals: Any) -> None:
 
 
 for _command in (get, put, del_, txn, compaction, watch, lease, endpoint, services, config,
-                 serve, sim):
+                 agent, serve, sim):
     cli.add_command(_command)
 
 

@@ -21,7 +21,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -187,6 +187,17 @@ class ProcessCluster:
 
     def __enter__(self) -> ProcessCluster:
         return self
+
+    @contextlib.contextmanager
+    def started(self) -> Iterator[ProcessCluster]:
+        """Every member started and a leader agreed; every member killed afterwards (also
+        when starting failed)."""
+        try:
+            self.start_all()
+            self.wait_for_leader()
+            yield self
+        finally:
+            self.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -23,13 +23,8 @@ SCHEMA = {
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
-    c = ProcessCluster(tmp_path, 3)
-    try:
-        c.start_all()
-        c.wait_for_leader()
+    with ProcessCluster(tmp_path, 3).started() as c:
         yield c
-    finally:
-        c.close()
 
 
 def raw(client: NativeClient, op: str, **fields: Any) -> dict[str, Any]:

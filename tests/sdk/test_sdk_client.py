@@ -71,11 +71,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
     """A started 3-member cluster shared by the tests that leave it healthy."""
     c = ProcessCluster(tmp_path_factory.mktemp("sdk3"), 3)
     try:
-        c.start_all()
-        c.wait_for_leader()
-        yield c
+        with c.started():
+            yield c
     finally:
-        c.close()
         dump_logs(c)
 
 
@@ -84,11 +82,9 @@ def fresh_cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
     """A started 3-member cluster of its own, for tests that kill or pause members."""
     c = ProcessCluster(tmp_path, 3)
     try:
-        c.start_all()
-        c.wait_for_leader()
-        yield c
+        with c.started():
+            yield c
     finally:
-        c.close()
         dump_logs(c)
 
 

@@ -66,11 +66,9 @@ def dump_logs(cluster: ProcessCluster) -> None:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
     c = new_cluster(tmp_path_factory.mktemp("sdk-config"))
     try:
-        c.start_all()
-        c.wait_for_leader()
-        yield c
+        with c.started():
+            yield c
     finally:
-        c.close()
         dump_logs(c)
 
 

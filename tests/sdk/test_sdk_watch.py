@@ -69,11 +69,9 @@ def new_cluster(root: Path) -> ProcessCluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
     c = new_cluster(tmp_path_factory.mktemp("sdk-watch"))
     try:
-        c.start_all()
-        c.wait_for_leader()
-        yield c
+        with c.started():
+            yield c
     finally:
-        c.close()
         dump_logs(c)
 
 
@@ -81,11 +79,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
 def fresh_cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
     c = new_cluster(tmp_path)
     try:
-        c.start_all()
-        c.wait_for_leader()
-        yield c
+        with c.started():
+            yield c
     finally:
-        c.close()
         dump_logs(c)
 
 
