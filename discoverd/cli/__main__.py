@@ -23,6 +23,7 @@ from discoverd.cli.commands.agent import agent
 from discoverd.cli.commands.compaction import compaction
 from discoverd.cli.commands.config import config
 from discoverd.cli.commands.del_ import del_
+from discoverd.cli.commands.dev import dev
 from discoverd.cli.commands.endpoint import endpoint
 from discoverd.cli.commands.get import get
 from discoverd.cli.commands.lease import lease
@@ -44,7 +45,7 @@ def cli(**_globals: Any) -> None:
 
 
 for _command in (get, put, del_, txn, compaction, watch, lease, endpoint, services, config,
-                 agent, serve, sim):
+                 agent, serve, dev, sim):
     cli.add_command(_command)
 
 
