@@ -193,6 +193,16 @@ class WatchNotFound(ClientError):
         super().__init__(message)
 
 
+class NoSpace(ClientError):
+    """A write that adds data while the NOSPACE alarm is active (the store reached
+    ``--quota-backend-bytes``): delete or compact, then ``alarm disarm``."""
+
+    code = "no_space"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or "etcdserver: mvcc: database space exceeded")
+
+
 class TooManyWatches(ClientError):
     """A connection asked for more concurrent watches than the member allows."""
 
@@ -272,3 +282,101 @@ def _summarise(violations: Sequence[Mapping[str, Any]], total: int) -> str:
     more = total - min(len(violations), _MAX_SUMMARISED)
     tail = f"; and {more} more" if more > 0 else ""
     return "validation failed: " + "; ".join(parts) + tail
+
+
+# --- membership errors (docs/protocol.md "Membership"). Messages are etcd v3.4's. ---
+
+
+class MemberNotFound(ClientError):
+    """No member has the id a membership request named."""
+
+    code = "member_not_found"
+
+    def __init__(self, message: str = "etcdserver: member not found") -> None:
+        super().__init__(message)
+
+
+class MemberExists(ClientError):
+    """``member add`` of an id that is already a member (same name, peer URLs and token)."""
+
+    code = "member_exists"
+
+    def __init__(self, message: str = "etcdserver: member ID already exist") -> None:
+        super().__init__(message)
+
+
+class PeerURLExists(ClientError):
+    """A peer URL given to ``member add``/``member update`` belongs to another member."""
+
+    code = "peer_url_exists"
+
+    def __init__(self, message: str = "etcdserver: Peer URLs already exists") -> None:
+        super().__init__(message)
+
+
+class MemberNotLearner(ClientError):
+    """``member promote`` of a member that is already a voter."""
+
+    code = "member_not_learner"
+
+    def __init__(self, message: str = "etcdserver: can only promote a learner member") -> None:
+        super().__init__(message)
+
+
+class LearnerNotReady(ClientError):
+    """``member promote`` of a learner that has not caught up with the leader's log: as a
+    voter it would at once count towards quorums it cannot yet acknowledge."""
+
+    code = "learner_not_ready"
+
+    def __init__(self, message: str = "etcdserver: can only promote a learner member which "
+                                      "is in sync with leader") -> None:
+        super().__init__(message)
+
+
+class TooManyLearners(ClientError):
+    """``member add --learner`` while the cluster already has its one learner (etcd's
+    default limit)."""
+
+    code = "too_many_learners"
+
+    def __init__(self, message: str = "etcdserver: too many learner members in cluster"
+                 ) -> None:
+        super().__init__(message)
+
+
+class NotEnoughStartedMembers(ClientError):
+    """A voter added or promoted now would leave fewer connected voters than the new
+    configuration's quorum (etcd's strict reconfiguration check)."""
+
+    code = "not_enough_started"
+
+    def __init__(self, message: str = "etcdserver: re-configuration failed due to not "
+                                      "enough started members") -> None:
+        super().__init__(message)
+
+
+class UnhealthyCluster(ClientError):
+    """Removing this voter now would leave fewer connected voters than a quorum (etcd's
+    strict reconfiguration check)."""
+
+    code = "unhealthy_cluster"
+
+    def __init__(self, message: str = "etcdserver: unhealthy cluster") -> None:
+        super().__init__(message)
+
+
+class ConfChangeInProgress(Unavailable):
+    """Another membership change is proposed but not yet applied (one at a time, see
+    ``consensus/confchange.py``); nothing was proposed, so retrying shortly is safe."""
+
+    code = "conf_change_in_progress"
+
+
+class BadLeaderTransferee(ClientError):
+    """``move_leader`` to a member that is not a voter of the cluster."""
+
+    code = "bad_leader_transferee"
+
+    def __init__(self, message: str = "etcdserver: bad leader transferee") -> None:
+        super().__init__(message)

@@ -69,6 +69,7 @@ EDGE_RULES: dict[str, set[str]] = {
 }
 CLI_SERVER_ENTRY = {
     "discoverd.server.config", "discoverd.server.member",  # `serve`
+    "discoverd.server.restore",  # `snapshot restore` (writes a data directory)
     "discoverd.testing.sim",  # `sim`
 }
 AGENT_CLI_ENTRY = {"discoverd.cli.__main__"}  # `python -m discoverd.agents` is `discoverd agent`

@@ -20,6 +20,7 @@ import click
 
 from discoverd import __version__
 from discoverd.cli.commands.agent import agent
+from discoverd.cli.commands.alarm import alarm
 from discoverd.cli.commands.compaction import compaction
 from discoverd.cli.commands.config import config
 from discoverd.cli.commands.del_ import del_
@@ -27,10 +28,12 @@ from discoverd.cli.commands.dev import dev
 from discoverd.cli.commands.endpoint import endpoint
 from discoverd.cli.commands.get import get
 from discoverd.cli.commands.lease import lease
+from discoverd.cli.commands.member import member, move_leader
 from discoverd.cli.commands.put import put
 from discoverd.cli.commands.serve import serve
 from discoverd.cli.commands.services import services
 from discoverd.cli.commands.sim import sim
+from discoverd.cli.commands.snapshot import snapshot
 from discoverd.cli.commands.txn import txn
 from discoverd.cli.commands.watch import watch
 from discoverd.cli.options import global_options
@@ -44,8 +47,8 @@ def cli(**_globals: Any) -> None:
     """Service discovery and shared configuration on a Raft-replicated key-value store."""
 
 
-for _command in (get, put, del_, txn, compaction, watch, lease, endpoint, services, config,
-                 agent, serve, dev, sim):
+for _command in (get, put, del_, txn, compaction, watch, lease, member, move_leader,
+                 endpoint, services, config, snapshot, alarm, agent, serve, dev, sim):
     cli.add_command(_command)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
         LeaseGrant,
         LeaseKeepAlive,
         LeaseTimeToLive,
+        Member,
+        MemberAdded,
+        MemberList,
         PutResponse,
         RangeResponse,
         ResponseHeader,
@@ -379,7 +382,30 @@ def status_json(st: Status) -> dict[str, Any]:
                        ("dbSize", st.db_size or 0), ("leader", st.leader),
                        ("raftIndex", st.raft_index), ("raftTerm", st.raft_term),
                        ("raftAppliedIndex", st.raft_applied_index),
-                       ("isLearner", st.is_learner)])
+                       ("errors", list(st.errors)), ("isLearner", st.is_learner)])
+
+
+def _cluster_header(h: ResponseHeader) -> ResponseHeader:
+    """etcd's Cluster service fills no revision into its headers; etcdctl prints 0."""
+    return replace(h, revision=0)
+
+
+def member_json(m: Member) -> dict[str, Any]:
+    """etcd's ``Member``: ``ID`` (its JSON tag), camelCase URL lists, zero values left out."""
+    return _omit_zero([("ID", m.id), ("name", m.name), ("peerURLs", list(m.peer_urls)),
+                       ("clientURLs", list(m.client_urls)), ("isLearner", m.is_learner)])
+
+
+def member_list_json(r: MemberList) -> dict[str, Any]:
+    """``MemberListResponse`` (also the JSON of remove, promote and update)."""
+    return _omit_zero([("header", header_json(_cluster_header(r.header))),
+                       ("members", [member_json(m) for m in r.members])])
+
+
+def member_add_json(r: MemberAdded) -> dict[str, Any]:
+    return _omit_zero([("header", header_json(_cluster_header(r.header))),
+                       ("member", member_json(r.member)),
+                       ("members", [member_json(m) for m in r.members])])
 
 
 # ----------------------------------------------------------------------------- printers
@@ -592,6 +618,66 @@ class Printer:
         """etcdctl prints this whatever the output format."""
         return _line(f"compacted revision {revision}")
 
+    # -- members (etcdctl's ``member`` and ``move-leader``; ids in hex as etcdctl prints them)
+
+    def check_member_change_format(self) -> None:
+        """etcdctl prints a membership change (and ``move-leader``) in the simple and json
+        formats only. It fails after the change is made; this fails before the request."""
+        if self.fmt in ("fields", "table"):
+            raise CliError(f"{self.fmt} not supported as output format")
+
+    @staticmethod
+    def _member_row(m: Member) -> list[str]:
+        return [f"{m.id:x}", "started" if m.name else "unstarted", m.name,
+                ",".join(m.peer_urls), ",".join(m.client_urls), str(m.is_learner).lower()]
+
+    def member_list(self, r: MemberList) -> bytes:
+        if self.fmt == "json":
+            return _line(go_json(member_list_json(r)))
+        if self.fmt == "fields":
+            out = [self._fields_header(_cluster_header(r.header))]
+            for m in r.members:
+                out.append(_line(f'"ID" : {m.id}') + _line(f'"Name" : {go_quote(m.name)}')
+                           + b"".join(_line(f'"PeerURL" : {go_quote(u)}') for u in m.peer_urls)
+                           + b"".join(_line(f'"ClientURL" : {go_quote(u)}')
+                                      for u in m.client_urls)
+                           + _line(f'"IsLearner" : {str(m.is_learner).lower()}') + b"\n")
+            return b"".join(out)
+        rows = [self._member_row(m) for m in r.members]
+        if self.fmt == "table":
+            return render_table(("ID", "Status", "Name", "Peer Addrs", "Client Addrs",
+                                 "Is Learner"), rows).encode()
+        return b"".join(_line(", ".join(row)) for row in rows)
+
+    def member_add(self, r: MemberAdded, *, name: str) -> bytes:
+        """etcdctl's answer, with the lines to start the new member: ``DISCOVERD_*``
+        variables (``serve`` reads its flags from them) where etcdctl prints ``ETCD_*``."""
+        self.check_member_change_format()
+        if self.fmt == "json":
+            return _line(go_json(member_add_json(r)))
+        new = r.member
+        conf = [f"{name if m.id == new.id else m.name}={u}" for m in r.members
+                for u in m.peer_urls]
+        return (_line(f"Member {new.id:16x} added to cluster {r.header.cluster_id:16x}")
+                + b"\n" + _line(f"DISCOVERD_NAME={go_quote(name)}")
+                + _line(f"DISCOVERD_INITIAL_CLUSTER={go_quote(','.join(conf))}")
+                + _line("DISCOVERD_INITIAL_ADVERTISE_PEER_URLS="
+                        + go_quote(",".join(new.peer_urls)))
+                + _line('DISCOVERD_INITIAL_CLUSTER_STATE="existing"'))
+
+    def member_changed(self, member_id: int, done: str, r: MemberList) -> bytes:
+        """``done``: "removed from", "promoted in" or "updated in"."""
+        self.check_member_change_format()
+        if self.fmt == "json":
+            return _line(go_json(member_list_json(r)))
+        return _line(f"Member {member_id:16x} {done} cluster {r.header.cluster_id:16x}")
+
+    def move_leader(self, leader: int, target: int) -> bytes:
+        self.check_member_change_format()
+        if self.fmt == "json":
+            return b"{}\n"  # etcd's MoveLeaderResponse carries no header: "{}"
+        return _line(f"Leadership transferred from {leader:x} to {target:x}")
+
     # -- endpoints
 
     @staticmethod
@@ -599,7 +685,7 @@ class Printer:
         st = e.status
         return [e.endpoint, f"{st.member_id:x}", st.version, humanize_bytes(st.db_size or 0),
                 str(st.is_leader).lower(), str(st.is_learner).lower(), str(st.raft_term),
-                str(st.raft_index), str(st.raft_applied_index), ""]
+                str(st.raft_index), str(st.raft_applied_index), ", ".join(st.errors)]
 
     _STATUS_HEADER = ("endpoint", "ID", "version", "db size", "is leader", "is learner",
                       "raft term", "raft index", "raft applied index", "errors")

@@ -127,15 +127,22 @@ class KeyIndex:
 
 
 class TreeIndex:
-    """All keys, ordered, each with its ``KeyIndex``."""
+    """All keys, ordered, each with its ``KeyIndex``.
 
-    __slots__ = ("_keys",)
+    ``live`` counts the keys that exist now (their current generation is not empty); it is
+    kept up to date by every change rather than counted on demand, because a metrics scrape
+    asks for it and a scan of a large keyspace would stall the member's one thread.
+    ``len()`` counts every key with history, deleted ones included, until compaction.
+    """
+
+    __slots__ = ("_keys", "live")
 
     def __init__(self) -> None:
         self._keys: SortedDict = SortedDict()
+        self.live = 0
 
     def __repr__(self) -> str:
-        return f"<TreeIndex keys={len(self._keys)}>"
+        return f"<TreeIndex keys={len(self._keys)} live={self.live}>"
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -148,19 +155,24 @@ class TreeIndex:
         ki: KeyIndex | None = self._keys.get(key)
         if ki is None:
             ki = self._keys[key] = KeyIndex(key)
+        if not ki.generations[-1]:
+            self.live += 1
         ki.put(rev)
 
     def tombstone(self, key: bytes, rev: Revision) -> None:
         ki: KeyIndex | None = self._keys.get(key)
         assert ki is not None, f"tombstone on an unknown key {key!r}"
         ki.tombstone(rev)
+        self.live -= 1
 
     def revert(self, key: bytes, rev: Revision) -> None:
         """Take back ``key``'s last change ``rev`` (see ``KeyIndex.revert``); a key left with
         no revisions at all disappears, as if it had never been written."""
         ki: KeyIndex | None = self._keys.get(key)
         assert ki is not None, f"revert on an unknown key {key!r}"
+        was_live = bool(ki.generations[-1])
         ki.revert(rev)
+        self.live += bool(ki.generations[-1]) - was_live
         if ki.is_empty():
             del self._keys[key]
 

@@ -125,6 +125,11 @@ class MvccStore:
         return max(self._compact_revision, 0)
 
     @property
+    def key_count(self) -> int:
+        """Keys that exist now (deleted ones not counted), in O(1): etcd's ``keys_total``."""
+        return self._index.live
+
+    @property
     def size_bytes(self) -> int:
         """Bytes of keys and values over every kept version (tombstones count their key):
         an estimate of storage use, for the quota alarm. Compaction lowers it."""

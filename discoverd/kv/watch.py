@@ -425,6 +425,11 @@ class WatchHub:
                 w.told = True
         return batches
 
+    def oldest_needed(self) -> int | None:
+        """The lowest revision some watcher still has to read from history (``None``: every
+        watcher is synced, so none needs history) — what auto-compaction must not pass."""
+        return min((w.next_revision for w in self._unsynced.values()), default=None)
+
     def has_pending(self, watcher_id: int) -> bool:
         """Whether ``take`` would return something now. Exact, so a loop on it cannot spin:
         for an unsynced watcher it reads the next history chunk into the buffer (work that

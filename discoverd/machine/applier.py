@@ -11,11 +11,15 @@ member alike.
 Commands: the client writes (``put``, ``delete_range``, ``txn``, ``compact``,
 ``lease_grant``, ``lease_revoke``) and two that only a leader proposes: ``lease_expire``
 (many expired leases, one revision each, one entry for all) and ``lease_checkpoint``
-(remaining TTLs, see ``leases/lessor.py``).
+(remaining TTLs, see ``leases/lessor.py``); and the member table's two (``member_update``:
+new peer URLs; ``member_attributes``: a member publishing its name and client URLs), which
+only the membership service proposes. Membership (``CONF_CHANGE``) entries update the member
+table too (``machine/members.py``).
 
-The replicated state is the store and the leases' replicated half. The lessor's primary
-half and the watch hub are local to this member: they are driven from here because they
-must see every change in apply order, but nothing they hold goes into a snapshot.
+The replicated state is the store, the leases' replicated half and the member table. The
+lessor's primary half and the watch hub are local to this member: they are driven from here
+because they must see every change in apply order, but nothing they hold goes into a
+snapshot.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from typing import Any
 
 import cbor2
 
-from discoverd.consensus.messages import Entry, EntryKind
-from discoverd.errors import ClientError, CorruptData, DiscoverdError
+from discoverd.consensus.messages import ConfChange, Entry, EntryKind
+from discoverd.errors import ClientError, CorruptData, DiscoverdError, NoSpace
 from discoverd.kv.requests import (
     CompactionRequest,
     DeleteRangeRequest,
@@ -39,6 +43,8 @@ from discoverd.kv.revision import Event, EventType
 from discoverd.kv.store import MvccStore
 from discoverd.kv.watch import WatchHub
 from discoverd.leases.lessor import Lessor
+from discoverd.machine.alarms import NOSPACE, Alarms
+from discoverd.machine.members import MemberInfo, MemberTable, Seed
 from discoverd.registry import RegistryHook
 from discoverd.wire.kv_codec import WRITE_OPS, decode_request
 from discoverd.wire.lease_watch_codec import (
@@ -54,7 +60,9 @@ LEASE_WRITE_OPS = ("lease_grant", "lease_revoke")
 INTERNAL_OPS = ("lease_expire", "lease_checkpoint")
 """Commands only the leader's own lease timer proposes; never accepted from a client."""
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
+"""3 added the member table (``"members"``); a format-2 image has none and is read with
+the table taken from ``--initial-cluster`` (``MemberTable.restore(None)``)."""
 
 
 class _DryRun(Exception):
@@ -64,6 +72,24 @@ class _DryRun(Exception):
 def encode_command(op: str, fields: dict[str, Any]) -> bytes:
     """The entry data for a command (``fields`` as received, minus ``id``/``op``)."""
     return cbor2.dumps({**fields, "op": op})
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmsChanged:
+    header_revision: int
+    changed: list[tuple[int, str]]
+    active: list[tuple[int, str]]
+
+
+def adds_data(req: Any) -> bool:
+    """Whether a kv write request may grow the store (a put, or a txn with one anywhere)."""
+    if isinstance(req, PutRequest):
+        return True
+    if isinstance(req, TxnRequest):
+        return any(op.request_put is not None or
+                   (op.request_txn is not None and adds_data(op.request_txn))
+                   for op in (*req.success, *req.failure))
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +120,7 @@ class KvMachine:
         min_ttl: int = 2,
         grace: float = 1.0,
         max_buffered_events: int = 1024,
+        members_seed: Seed | None = None,
     ) -> None:
         self.store = MvccStore(max_txn_ops=max_txn_ops)
         self.max_txn_ops = max_txn_ops
@@ -109,7 +136,14 @@ class KvMachine:
             "lease_revoke": self._lease_revoke,
             "lease_expire": self._lease_expire,
             "lease_checkpoint": self._lease_checkpoint,
+            "alarm": self._alarm,
+            "member_update": self._member_update,
+            "member_attributes": self._member_attributes,
         }
+        self.members = MemberTable(members_seed)
+        """The cluster's members (seeded with ``--initial-cluster`` for the founders)."""
+        self._term = 0  # the term of the entry being applied (member change log lines)
+        self.alarms = Alarms()
 
     def __repr__(self) -> str:
         return (f"<KvMachine applied={self.applied} revision={self.store.revision}"
@@ -118,6 +152,12 @@ class KvMachine:
     def apply(self, entry: Entry) -> Any:
         """Apply one committed entry; returns the response, or the error it failed with."""
         self.applied = entry.index
+        self._term = entry.term
+        if entry.kind is EntryKind.CONF_CHANGE:
+            # The member core hands us the change with its proposer's context unwrapped.
+            self.members.apply_conf_change(ConfChange.decode(entry.data), index=entry.index,
+                                           term=entry.term)
+            return None
         if entry.kind is not EntryKind.NORMAL or not entry.data:
             return None
         try:
@@ -126,7 +166,12 @@ class KvMachine:
                 raise ClientError("not a command")
             op = cmd.get("op")
             if op in WRITE_OPS:
-                return self._execute(decode_request(op, cmd))
+                req = decode_request(op, cmd)
+                if NOSPACE in self.alarms and adds_data(req):
+                    raise NoSpace()
+                return self._execute(req)
+            if op == "lease_grant" and NOSPACE in self.alarms:
+                raise NoSpace()
             handler = self._ops.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise ClientError(f"unknown command {op!r}")
@@ -220,6 +265,27 @@ class KvMachine:
     def _lease_checkpoint(self, cmd: dict[str, Any]) -> None:
         self.lessor.checkpoint(decode_checkpoints(cmd))
 
+    # ------------------------------------------------------------------ alarms
+
+    def _alarm(self, cmd: dict[str, Any]) -> AlarmsChanged:
+        return AlarmsChanged(self.store.revision, self.alarms.apply(cmd), self.alarms.active())
+
+    # ------------------------------------------------------------------ members
+
+    def _member_update(self, cmd: dict[str, Any]) -> MemberInfo:
+        member_id = cmd.get("member")
+        if type(member_id) is not int:
+            raise ClientError("field 'member' must be an integer member id")
+        return self.members.update(member_id, cmd.get("peer_urls") or (),
+                                   index=self.applied, term=self._term)
+
+    def _member_attributes(self, cmd: dict[str, Any]) -> bool:
+        member_id, name, urls = cmd.get("member"), cmd.get("name"), cmd.get("client_urls")
+        if type(member_id) is not int or not isinstance(name, str) or not isinstance(
+                urls, list) or not all(isinstance(u, str) for u in urls):
+            raise ClientError("member_attributes needs 'member', 'name' and 'client_urls'")
+        return self.members.publish(member_id, name, urls, index=self.applied, term=self._term)
+
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
@@ -228,12 +294,16 @@ class KvMachine:
             "applied": self.applied,
             "store": self.store.to_obj(),
             "leases": self.lessor.to_obj(),
+            "alarms": self.alarms.to_obj(),
+            "members": self.members.to_obj(),
         })
 
     def restore(self, data: bytes) -> None:
         if not data:
             self.store.restore(MvccStore(max_txn_ops=self.max_txn_ops).to_obj())
             self.lessor.restore(None, ())
+            self.alarms.restore(None)
+            self.members.restore(None)
             self.applied = 0
             self.woken |= self.hub.on_restore()
             return
@@ -247,5 +317,7 @@ class KvMachine:
         everything = RangeRequest(key=b"\0", range_end=b"\0")
         attached = [(kv.key, kv.lease) for kv in self.store.range(everything).kvs if kv.lease]
         self.lessor.restore(leases, attached)
+        self.alarms.restore(image.get("alarms"))
+        self.members.restore(image.get("members"))
         self.applied = applied
         self.woken |= self.hub.on_restore()

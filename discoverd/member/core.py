@@ -43,7 +43,9 @@ class StateMachine(Protocol):
         """Apply a committed entry (any kind, in log order); the value answers its proposer.
 
         Entries with no data (a new leader's) and CONF_CHANGE entries are passed too, so the
-        machine always knows the applied index; it may otherwise ignore them.
+        machine always knows the applied index; it may otherwise ignore them. A CONF_CHANGE
+        entry carries the change with its proposer's own context (the member table reads
+        the new member's peer URLs from it), without the envelope this core adds.
         """
         ...
 
@@ -274,10 +276,13 @@ class MemberCore:
         origin, request_id = 0, 0
         if e.kind is EntryKind.CONF_CHANGE:
             cc = ConfChange.decode(e.data)
-            origin, request_id, _ = _unwrap(cc.context)
+            origin, request_id, context = _unwrap(cc.context)
             self.conf_state = self.node.apply_conf_change(cc)
             if cc.kind is ConfChangeKind.REMOVE_NODE and cc.node_id == self.id:
                 self._removed = True
+            # The state machine sees the change with the proposer's own context (e.g. the
+            # new member's peer URLs), as it sees a normal entry's payload: no envelope.
+            e = Entry(e.term, e.index, e.kind, ConfChange(cc.kind, cc.node_id, context).encode())
         elif e.data:
             origin, request_id, payload = _unwrap(e.data)
             e = Entry(e.term, e.index, e.kind, payload)

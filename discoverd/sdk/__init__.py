@@ -38,6 +38,7 @@ from discoverd.errors import (
     WatchNotFound,
 )
 from discoverd.sdk._client import DEFAULT_ENDPOINT, ENV_ENDPOINTS, AsyncClient
+from discoverd.sdk._cluster import Member, MemberAdded, MemberList
 from discoverd.sdk._config import (
     ENV_CACHE_DIR,
     ConfigDocument,
@@ -70,6 +71,7 @@ from discoverd.sdk._errors import (
     WatchCompacted,
 )
 from discoverd.sdk._lease import KeptAliveLease
+from discoverd.sdk._maintenance import SavedSnapshot
 from discoverd.sdk._services import (
     Picker,
     Registration,
@@ -149,6 +151,9 @@ __all__ = [
     "LeaseProvided",
     "LeaseTTLTooLarge",
     "LeaseTimeToLive",
+    "Member",
+    "MemberAdded",
+    "MemberList",
     "NoInstances",
     "NotLeader",
     "Op",
@@ -161,6 +166,7 @@ __all__ = [
     "RequestTooLarge",
     "ResponseHeader",
     "Resync",
+    "SavedSnapshot",
     "ServiceInstance",
     "ServiceSet",
     "ServiceWatch",

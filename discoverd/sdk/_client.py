@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 
 from discoverd.errors import ClientError, NotLeader, RequestTimeout, Unavailable
-from discoverd.sdk import _config, _services
+from discoverd.sdk import _cluster, _config, _services
 from discoverd.sdk._config import (
     DEFAULT_STATUS_TTL,
     ChangeCallback,
@@ -53,6 +53,7 @@ from discoverd.sdk._connection import (
 )
 from discoverd.sdk._errors import ConnectionLost, error_from_wire, is_retryable
 from discoverd.sdk._lease import KeptAliveLease, LeaseCallback
+from discoverd.sdk._maintenance import Progress, SavedSnapshot, save_snapshot
 from discoverd.sdk._services import (
     DEFAULT_TTL,
     Picker,
@@ -351,6 +352,24 @@ class AsyncClient:
         ok, _ = await self._call("compact", fields, retry_safe=False)
         return ResponseHeader.from_wire(ok.get("header"))
 
+    async def alarm_list(self) -> list[tuple[int, str]]:
+        """Active alarms as ``(member_id, alarm)`` pairs (etcd's ``alarm list``)."""
+        ok, _ = await self._call("alarm_list", {}, retry_safe=True)
+        return [(int(a["member_id"]), str(a["alarm"])) for a in ok.get("alarms") or ()]
+
+    async def alarm_disarm(self, member_id: int = 0) -> list[tuple[int, str]]:
+        """Lift NOSPACE (of ``member_id``; 0: every member); returns what was lifted."""
+        ok, _ = await self._call("alarm_disarm", {"member_id": member_id}, retry_safe=True)
+        return [(int(a["member_id"]), str(a["alarm"])) for a in ok.get("alarms") or ()]
+
+    async def snapshot_save(self, path: str | os.PathLike[str], *,
+                            progress: Progress | None = None) -> SavedSnapshot:
+        """Save the current member's key-value store to ``path`` (``discoverd snapshot
+        save``): streamed, checked against the member's SHA-256, written to a temp file,
+        fsynced and renamed. ``progress(received, expected)`` is called after each chunk.
+        See ``discoverd.wire.snapshot_file`` for the file format."""
+        return await save_snapshot(self, path, progress=progress)
+
     async def status(self, endpoint: str | None = None) -> Status:
         """The status of one member: the current endpoint's (failing over like a read), or
         that of ``endpoint`` exactly (no failover: ``Unavailable`` if it cannot answer)."""
@@ -360,6 +379,35 @@ class AsyncClient:
         ep = parse_endpoint(endpoint)
         ok = await self._call_at(ep, "status", {})
         return Status.from_wire(ok, str(ep))
+
+    # ------------------------------------------------------------------ membership
+
+    async def member_list(self) -> _cluster.MemberList:
+        """The members as the answering member knows them (no quorum needed, as etcd)."""
+        return await _cluster.member_list(self)
+
+    async def member_add(self, peer_urls: Sequence[str] | str, *, name: str = "default",
+                         is_learner: bool = False) -> _cluster.MemberAdded:
+        """Add a member (a voter, or a learner that is promoted once caught up); its id is
+        the one ``discoverd serve --name NAME`` with these peer URLs will derive. Start it
+        with ``--initial-cluster-state existing``. Not retried once sent (a write)."""
+        return await _cluster.member_add(self, peer_urls, name=name, is_learner=is_learner)
+
+    async def member_remove(self, member_id: int) -> _cluster.MemberList:
+        return await _cluster.member_remove(self, member_id)
+
+    async def member_promote(self, member_id: int) -> _cluster.MemberList:
+        """Make a learner a voter; refused (``LearnerNotReady``) until it has caught up."""
+        return await _cluster.member_promote(self, member_id)
+
+    async def member_update(self, member_id: int,
+                            peer_urls: Sequence[str] | str) -> _cluster.MemberList:
+        return await _cluster.member_update(self, member_id, peer_urls)
+
+    async def move_leader(self, target: int, *, endpoint: str | None = None
+                          ) -> ResponseHeader:
+        """Hand the leadership to voter ``target``; ``endpoint`` names the leader's."""
+        return await _cluster.move_leader(self, target, endpoint=endpoint)
 
     # ------------------------------------------------------------------ leases
 

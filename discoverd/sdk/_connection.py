@@ -19,13 +19,14 @@ with its id. The design keeps three promises:
   moving the client to another member does not turn concurrent writes into "outcome unknown".
   Open streams count as in flight: a watch keeps its retired connection until it ends.
 
-**Streams** (a watch) are requests answered by many frames with one id, until a frame with
-``canceled: true`` or an ``err`` frame. The reader puts each frame into the stream's bounded
-memory channel with ``send_nowait``: it never waits for a consumer, because one application
-that stops reading a watch must not stall every other answer on the connection. If a
-stream's buffer is full, the reader ends that stream alone with ``StreamOverflow`` (after the
-frames already buffered); the watch then re-creates it from the last revision it delivered,
-so a slow consumer costs a replay from history, never a lost event.
+**Streams** (a watch, a snapshot) are requests answered by many frames with one id, until a
+frame with ``canceled: true`` (a watch) or ``done: true`` (a snapshot), or an ``err`` frame.
+The reader puts each frame into the stream's bounded memory channel with ``send_nowait``: it
+never waits for a consumer, because one application that stops reading a watch must not
+stall every other answer on the connection. If a stream's buffer is full, the reader ends
+that stream alone with ``StreamOverflow`` (after the frames already buffered); the watch
+then re-creates it from the last revision it delivered, so a slow consumer costs a replay
+from history, never a lost event.
 
 Only anyio is used, so the same code runs under trio and asyncio.
 """
@@ -458,7 +459,7 @@ class Connection:
         stream = self._streams.get(rid)
         if stream is not None:  # None: an abandoned stream's late frames are dropped
             ok = answer.get("ok")
-            last = not isinstance(ok, dict) or bool(ok.get("canceled"))
+            last = not isinstance(ok, dict) or bool(ok.get("canceled") or ok.get("done"))
             if not stream._deliver(answer) or last:
                 del self._streams[rid]
                 stream._end(None)

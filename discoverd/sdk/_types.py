@@ -225,6 +225,8 @@ class Status:
     learners: tuple[int, ...]
     db_size: int | None = None
     is_learner: bool = False
+    errors: tuple[str, ...] = ()
+    """Active alarms, as etcd lists them (``memberID:<id> alarm:NOSPACE``)."""
 
     @property
     def member_id(self) -> int:
@@ -252,6 +254,7 @@ class Status:
             learners=tuple(int(v) for v in d.get("learners") or ()),
             db_size=int(db_size) if db_size is not None else None,
             is_learner=bool(d.get("is_learner", False)),
+            errors=tuple(str(e) for e in d.get("errors") or ()),
         )
 
 

@@ -42,6 +42,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from discoverd.errors import ClientError
 from discoverd.sdk._client import DEFAULT_WATCH_BUFFER, AsyncClient
+from discoverd.sdk._cluster import MemberAdded, MemberList
 from discoverd.sdk._config import (
     DEFAULT_STATUS_TTL,
     ConfigDocument,
@@ -51,6 +52,7 @@ from discoverd.sdk._config import (
 )
 from discoverd.sdk._connection import DEFAULT_MAX_REQUEST_BYTES
 from discoverd.sdk._lease import KeptAliveLease, LeaseCallback
+from discoverd.sdk._maintenance import Progress, SavedSnapshot
 from discoverd.sdk._services import DEFAULT_TTL, Picker, Registration, ServiceSet, ServiceWatch
 from discoverd.sdk._types import (
     BytesLike,
@@ -249,9 +251,54 @@ class Client:
         result: ResponseHeader = self._run(self._async.compact, revision, physical=physical)
         return result
 
+    def alarm_list(self) -> list[tuple[int, str]]:
+        """See ``AsyncClient.alarm_list``."""
+        result: list[tuple[int, str]] = self._run(self._async.alarm_list)
+        return result
+
+    def alarm_disarm(self, member_id: int = 0) -> list[tuple[int, str]]:
+        """See ``AsyncClient.alarm_disarm``."""
+        result: list[tuple[int, str]] = self._run(self._async.alarm_disarm, member_id)
+        return result
+
+    def snapshot_save(self, path: str | os.PathLike[str], *,
+                      progress: Progress | None = None) -> SavedSnapshot:
+        """See ``AsyncClient.snapshot_save``."""
+        result: SavedSnapshot = self._run(self._async.snapshot_save, path, progress=progress)
+        return result
+
     def status(self, endpoint: str | None = None) -> Status:
         """See ``AsyncClient.status``."""
         result: Status = self._run(self._async.status, endpoint)
+        return result
+
+    def member_list(self) -> MemberList:
+        """See ``AsyncClient.member_list``."""
+        result: MemberList = self._run(self._async.member_list)
+        return result
+
+    def member_add(self, peer_urls: Sequence[str] | str, *, name: str = "default",
+                   is_learner: bool = False) -> MemberAdded:
+        """See ``AsyncClient.member_add``."""
+        result: MemberAdded = self._run(self._async.member_add, peer_urls, name=name,
+                                        is_learner=is_learner)
+        return result
+
+    def member_remove(self, member_id: int) -> MemberList:
+        result: MemberList = self._run(self._async.member_remove, member_id)
+        return result
+
+    def member_promote(self, member_id: int) -> MemberList:
+        result: MemberList = self._run(self._async.member_promote, member_id)
+        return result
+
+    def member_update(self, member_id: int, peer_urls: Sequence[str] | str) -> MemberList:
+        result: MemberList = self._run(self._async.member_update, member_id, peer_urls)
+        return result
+
+    def move_leader(self, target: int, *, endpoint: str | None = None) -> ResponseHeader:
+        """See ``AsyncClient.move_leader``."""
+        result: ResponseHeader = self._run(self._async.move_leader, target, endpoint=endpoint)
         return result
 
     def call(

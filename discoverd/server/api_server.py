@@ -6,6 +6,10 @@ Request ``{"id": int, "op": str, ...}``; answer ``{"id", "ok": {..., "header": {
 problem; a frame over ``--max-request-bytes`` gets an error and the connection is closed
 (its remaining bytes cannot be trusted); nothing a client sends can stop the member.
 
+A connection whose first four bytes are not ``DSC1`` is handed, bytes read so far
+included, to the HTTP front (``server/http/``: etcd's JSON gateway and discoverd's REST API)
+when the member has one; without one it gets an HTTP 400 saying what this port speaks.
+
 Ops are tables so later issues add theirs without touching the connection code: *unary*
 handlers answer once (bounded by the request timeout); *stream* handlers (a watch) send any
 number of ``ok`` frames under the request's id with ``emit`` and end by returning (or raising,
@@ -17,7 +21,7 @@ per-connection state (its watches).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import cbor2
 import structlog
@@ -44,6 +48,19 @@ class Connection:
 Handler = Callable[[dict[str, Any], Connection], Awaitable[dict[str, Any]]]
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 StreamHandler = Callable[[dict[str, Any], Connection, Emit], Awaitable[None]]
+RequestHook = Callable[[str, str, float | None], None]
+"""Told ``(op, code, seconds)`` as each request ends (the metrics): ``op`` is a known op or
+"unknown", ``code`` "ok", an error code, or "canceled" (the connection went away first);
+``seconds`` is None for a stream, whose length is its client's choice, not a latency."""
+
+
+class HttpFront(Protocol):
+    """Serves a client connection that turned out to be HTTP (``server/http/``)."""
+
+    async def serve(
+        self, stream: trio.abc.Stream, data: bytes, conn: Connection, api: ClientApi
+    ) -> None:
+        """``data``: the bytes already read from ``stream`` (the request's start)."""
 
 
 def error_body(exc: DiscoverdError) -> dict[str, Any]:
@@ -67,8 +84,12 @@ class ClientApi:
         log: Any = None,
         max_in_flight: int = 1024,
         request_timeout: float = 5.0,
+        http: HttpFront | None = None,
+        on_request: RequestHook | None = None,
     ) -> None:
         self.ops = ops
+        self.on_request = on_request
+        self.http = http
         self.streams = streams or {}
         self._numbers = 0
         self.request_timeout = request_timeout
@@ -114,6 +135,13 @@ class ClientApi:
                     return
                 decoder.feed(data)
         head = decoder.read_raw(len(MAGIC))
+        if head is None:
+            return  # four bytes did not come in time: nothing to answer
+        if head != MAGIC and self.http is not None:
+            self._numbers += 1
+            rest = decoder.read_raw(decoder.buffered) or b""
+            await self.http.serve(stream, head + rest, Connection(self._numbers), self)
+            return
         if head != MAGIC:
             body = b"this port speaks discoverd's native protocol (magic DSC1)\n"
             await stream.send_all(
@@ -159,6 +187,8 @@ class ClientApi:
         limiter: trio.Semaphore,
     ) -> None:
         released = False
+        started = trio.current_time()
+        label, code, timed = "unknown", "canceled", True  # what on_request will be told
         try:
             self.requests += 1
             rid: Any = 0
@@ -172,8 +202,11 @@ class ClientApi:
                 op = req.get("op")
                 if not isinstance(op, str):
                     raise ClientError("request 'op' must be a string")
+                if op in self.ops or op in self.streams:
+                    label = op  # a client's made-up op must not become a label value
                 stream = self.streams.get(op)
                 if stream is not None:
+                    timed = False
                     # A stream lives as long as the client wants it: it holds no in-flight
                     # slot and has no request timeout (its op bounds its own resources).
                     limiter.release()
@@ -184,28 +217,38 @@ class ClientApi:
                         await answer({"id": stream_id, "ok": body})
 
                     await stream(req, conn, emit)
+                    code = "ok"
                     return
-                handler = self.ops.get(op)
-                if handler is None:
-                    raise ClientError(f"unknown op {op!r}")
-                result = None
-                with trio.move_on_after(self.request_timeout) as scope:
-                    result = await handler(req, conn)
-                if scope.cancelled_caught:
-                    raise RequestTimeout(
-                        f"no answer within {self.request_timeout:g}s; a write may still apply"
-                    )
+                result = await self.call(op, req, conn)
+                code = "ok"
                 await answer({"id": rid, "ok": result})
             except DiscoverdError as e:
                 self.errors += 1
+                code = e.code
                 await answer({"id": rid if type(rid) is int else 0, "err": error_body(e)})
             except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as e:
                 self.errors += 1
+                code = "bad_request"
                 await answer({"id": rid if type(rid) is int else 0,
                               "err": {"code": "bad_request", "message": f"bad request: {e}"}})
         finally:
             if not released:
                 limiter.release()
+            if self.on_request is not None:
+                self.on_request(label, code, trio.current_time() - started if timed else None)
+
+    async def call(self, op: str, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
+        """Run the unary op ``op`` as a request on ``conn``, bounded by the request timeout.
+        The native path and the HTTP gateway both come through here, so an op behaves the
+        same whichever protocol asked for it."""
+        handler = self.ops.get(op)
+        if handler is None:
+            raise ClientError(f"unknown op {op!r}")
+        with trio.move_on_after(self.request_timeout):
+            return await handler(req, conn)
+        raise RequestTimeout(
+            f"no answer within {self.request_timeout:g}s; a write may still apply"
+        )
 
 
 def _is_disconnect(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from discoverd.errors import ClientError
+from discoverd.kv.auto_compaction import parse_retention
 
 DEFAULT_NAME = "default"
 DEFAULT_CLIENT_URL = "http://127.0.0.1:2379"
@@ -89,6 +90,10 @@ class MemberConfig:
     watch_progress_notify_interval_ms: int = 10_000
     max_watches_per_connection: int = 10_000
     watch_buffer_events: int = 1024
+    auto_compaction_mode: str = "periodic"
+    auto_compaction_retention: str = "1h"
+    auto_compaction_check_interval_ms: int = 0
+    auto_compaction_watch_bound: int = 100_000
     log_format: str = "console"
     log_level: str = "info"
 
@@ -122,10 +127,21 @@ class MemberConfig:
             raise ClientError("--max-watches-per-connection must be positive")
         if self.snapshot_count <= 0:
             raise ClientError("--snapshot-count must be positive")
+        if self.snapshot_catchup_entries < 0:
+            raise ClientError("--experimental-snapshot-catchup-entries must be >= 0")
+        self.auto_compaction_retention_value  # noqa: B018 - parses, raising ClientError
+        if self.auto_compaction_check_interval_ms < 0 or self.auto_compaction_watch_bound < 0:
+            raise ClientError("--experimental-auto-compaction-check-interval and "
+                              "--experimental-auto-compaction-watch-bound must be >= 0")
         if self.log_format not in ("console", "json"):
             raise ClientError("--log-format must be 'console' or 'json'")
 
     # -- derived
+
+    @property
+    def auto_compaction_retention_value(self) -> float:
+        """Seconds (periodic) or revisions (revision) of history to keep; 0: off."""
+        return parse_retention(self.auto_compaction_mode, self.auto_compaction_retention)
 
     @property
     def cluster_id(self) -> int:

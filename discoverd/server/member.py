@@ -17,21 +17,31 @@ from discoverd import __version__
 from discoverd.consensus.messages import AppMessage, Message
 from discoverd.consensus.raft import Config, Role
 from discoverd.errors import ClientError, DiscoverdError
+from discoverd.kv.auto_compaction import AutoCompaction
 from discoverd.kv.requests import RangeRequest, TxnRequest
 from discoverd.kv.txn import has_writes
+from discoverd.logs import configure_logging
 from discoverd.machine.applier import KvMachine, encode_command
 from discoverd.member.core import MemberCore
+from discoverd.server.alarm_service import AlarmService
 from discoverd.server.api_server import ClientApi, Connection, Handler
+from discoverd.server.compactor import Compactor
 from discoverd.server.config import MemberConfig, parse_url, parse_urls
+from discoverd.server.http import HttpServer, gateway_router
 from discoverd.server.lease_service import LeaseService
-from discoverd.logs import configure_logging
+from discoverd.server.membership import MembershipService, member_identity
+from discoverd.server.metrics import MemberMetrics
 from discoverd.server.raft_loop import RaftLoop
-from discoverd.server.transport import PeerTransport
+from discoverd.server.snapshot_service import SnapshotService
+from discoverd.server.transport import PROBE_INTERVAL_SECONDS, PeerTransport
 from discoverd.server.watch_service import WatchService
 from discoverd.storage.disk_storage import DiskStorage
 from discoverd.storage.fs import OsFS
 from discoverd.wire.kv_codec import WRITE_OPS, decode_request, encode_response
 from discoverd.wire.registry_codec import config_key
+
+REMOVED_STOP_DELAY = 1.0
+"""Seconds between applying this member's own removal and stopping (etcd: 1 s)."""
 
 
 class Member:
@@ -42,7 +52,7 @@ class Member:
         self.cfg = cfg
         self.log = log
         self.cluster_id = cfg.cluster_id
-        self.member_id = cfg.member_id
+        self.member_id = member_identity(cfg)
         members = cfg.members()
         self._lock = _lock_data_dir(cfg.data_dir)
         self.storage = DiskStorage(
@@ -61,15 +71,16 @@ class Member:
         election_timeout = cfg.election_ticks * cfg.tick_seconds
         self.machine = KvMachine(
             max_txn_ops=cfg.max_txn_ops, min_ttl=cfg.min_lease_ttl, grace=election_timeout,
-            max_buffered_events=cfg.watch_buffer_events,
+            max_buffered_events=cfg.watch_buffer_events, members_seed=members,
         )
+        self.metrics = MemberMetrics(self)  # reads the parts below at scrape time only
         self.core = MemberCore(
-            raft_cfg, self.storage, self.machine, random.Random(),
+            raft_cfg, self.storage, self.metrics.timed(self.machine), random.Random(),
             snapshot_count=cfg.snapshot_count,
             snapshot_catchup_entries=cfg.snapshot_catchup_entries,
         )
         self.loop = RaftLoop(self.core, self._send, tick_seconds=cfg.tick_seconds, log=log,
-                             after_ready=self._after_ready)
+                             after_ready=self._after_ready, observer=self.metrics)
         self.leases = LeaseService(
             self.core, self.machine, self.loop, member_id=self.member_id, send=self._send,
             header=self.header, tick_seconds=cfg.tick_seconds,
@@ -88,22 +99,51 @@ class Member:
             cluster_id=self.cluster_id, member_id=self.member_id, peers=peers,
             on_message=self._on_peer_message, on_unreachable=self.loop.on_unreachable,
             on_snapshot_status=self.loop.on_snapshot_status, log=log,
+            probe_interval=PROBE_INTERVAL_SECONDS, on_rtt=self.metrics.observe_peer_rtt,
         )
-        self.api = ClientApi(self.ops(), streams=self.watches.streams(),
-                             max_request_bytes=cfg.max_request_bytes, log=log)
+        self.membership = MembershipService(
+            self.core, self.machine, self.loop, self.transport, cfg=cfg,
+            member_id=self.member_id, send=self._send, header=self.header, log=log)
+        self.compactor = Compactor(
+            AutoCompaction(cfg.auto_compaction_mode, cfg.auto_compaction_retention_value,
+                           watch_bound=cfg.auto_compaction_watch_bound,
+                           check_interval=cfg.auto_compaction_check_interval_ms / 1000),
+            self.core, self.machine, self.loop, member_id=self.member_id, send=self._send,
+            log=log)
+        self.alarm_service = AlarmService(
+            self.core, self.machine, self.loop, member_id=self.member_id,
+            quota_bytes=cfg.quota_backend_bytes, header=self.header, log=log)
+        self.snapshots = SnapshotService(
+            self.core, self.machine, cluster_id=self.cluster_id, member_id=self.member_id,
+            header=self.header, log=log)
+        self.api = ClientApi(self.ops(), streams={**self.watches.streams(),
+                                                  **self.snapshots.streams()},
+                             max_request_bytes=cfg.max_request_bytes, log=log,
+                             on_request=self.metrics.observe_request,
+                             http=HttpServer(gateway_router(), metrics=self._metrics_text,
+                                             log=log))
+
+    def _metrics_text(self) -> tuple[bytes, str] | None:
+        """``GET /metrics``: the member's metrics, once it has them (``self.metrics``)."""
+        metrics = getattr(self, "metrics", None)
+        return metrics.render() if metrics is not None else None
 
     def _send(self, messages: list[Any]) -> None:
         self.transport.send(messages)
 
     def _on_peer_message(self, msg: Message) -> None:
         if isinstance(msg, AppMessage):
-            self.leases.on_app_message(msg)
+            if not (self.compactor.on_app_message(msg)
+                    or self.membership.on_app_message(msg)):
+                self.leases.on_app_message(msg)
         else:
             self.loop.on_message(msg)
 
     def _after_ready(self) -> None:
-        """After each Ready is applied: wake the watch streams the applied writes concern,
-        and let the lessor follow leadership as soon as it changes."""
+        """After each Ready is applied: let the peer links follow the member table, wake
+        the watch streams the applied writes concern, and let the lessor follow leadership
+        as soon as it changes."""
+        self.membership.after_ready()
         woken = self.machine.woken
         if woken:
             self.machine.woken = set()
@@ -125,8 +165,10 @@ class Member:
         for op in WRITE_OPS:
             ops[op] = self._write_op(op)
         ops["config_validate"] = self.op_config_validate
+        ops.update(self.membership.ops())
         ops.update(self.leases.ops())
         ops.update(self.watches.ops())
+        ops.update(self.alarm_service.ops())
         return ops
 
     async def op_status(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
@@ -148,6 +190,7 @@ class Member:
             "fsyncs": self.loop.fsyncs,
             "leases": len(self.machine.lessor),
             "watchers": len(self.machine.hub),
+            "errors": self.alarm_service.errors(),
         }
 
     async def op_range(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
@@ -182,6 +225,7 @@ class Member:
                 await self.loop.read_barrier()
                 resp: Any = self.machine.store.txn(decoded)[0]
             else:
+                await self.alarm_service.check_quota(decoded)
                 resp = await self.loop.propose(encode_command(op, fields))
             if isinstance(resp, DiscoverdError):
                 raise resp
@@ -205,12 +249,15 @@ class Member:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.transport.serve, peer_listeners)
                 await nursery.start(self.transport.run)
+                await nursery.start(self.membership.run)
                 await nursery.start(self.loop.run)
                 await nursery.start(self.leases.run)
                 await nursery.start(self.watches.run)
                 await nursery.start(self.api.serve, client_listeners)
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 nursery.start_soon(self._watch_removed, nursery.cancel_scope)
+                nursery.start_soon(self.compactor.run)
+                nursery.start_soon(self.alarm_service.run)
                 self.log.info(
                     "member ready", version=__version__,
                     client_urls=cfg.listen_client_urls, peer_urls=cfg.listen_peer_urls,
@@ -224,7 +271,11 @@ class Member:
             self.log.info("member stopped")
 
     async def _watch_removed(self, scope: trio.CancelScope) -> None:
+        """Stop once this member's removal is applied (the raft loop logs why), a moment
+        later — as etcd does — so that the answer to the request that removed it and the
+        messages telling the others it committed still go out."""
         await self.loop.removed.wait()
+        await trio.sleep(REMOVED_STOP_DELAY)
         scope.cancel()
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:

@@ -16,14 +16,16 @@ structure rather than from a timer.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import trio
 
 from discoverd.consensus.messages import ConfChange, Message
 from discoverd.consensus.raft import Role
+from discoverd.errors import DiscoverdError
 from discoverd.member.core import MemberCore, Reply
 
 Sender = Callable[[list[Message]], None]
@@ -36,6 +38,24 @@ async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
+class LoopObserver(Protocol):
+    """Durations only the loop sees, for histograms (``server/metrics.py``). Counts and
+    current values stay plain attributes of ``RaftLoop``, read when metrics are scraped, so
+    the loop pays nothing for them."""
+
+    def wal_fsync(self, seconds: float) -> None: ...
+
+    def snapshot_saved(self, seconds: float) -> None: ...
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> float:
+    """Run ``fn`` and return how long it took. Run on the worker thread itself, so that the
+    figure is the disk's and not the thread hand-off's."""
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
 class RaftLoop:
     def __init__(
         self,
@@ -46,8 +66,10 @@ class RaftLoop:
         log: Any = None,
         run_blocking: BlockingRunner = trio.to_thread.run_sync,
         after_ready: Callable[[], None] | None = None,
+        observer: LoopObserver | None = None,
     ) -> None:
         self.core = core
+        self.observer = observer
         self._after_ready = after_ready
         self._send = send
         self._run_blocking = run_blocking
@@ -59,11 +81,20 @@ class RaftLoop:
         self._ids = itertools.count(1)
         self.removed = trio.Event()
         self.leader_changes = 0
+        """Times a leader was seen that differs from the last one (none counts as one, so
+        A, none, A is two): etcd's ``leader_changes_seen_total``."""
         self.proposals_committed = 0
+        self.proposals_pending = 0
+        """Proposals of this member waiting for their entry to be applied."""
+        self.proposals_failed = 0
+        """Proposals that were refused (no leader), lost (leader change, snapshot) or given
+        up on (timeout, client gone) — never a write the state machine refused."""
+        self.read_indexes_failed = 0
         self.fsyncs = 0
         self.fsync_seconds = 0.0
         self.readys = 0
-        self._last_soft: tuple[int, Role] | None = None
+        self.snapshots_saved = 0
+        self._last_leader = 0
         self._role_changed = trio.Event()
 
     def __repr__(self) -> str:
@@ -95,19 +126,41 @@ class RaftLoop:
             ProposalDropped: the proposal was lost to a leader change or a snapshot.
         """
         rid = next(self._ids)
-        self.core.propose(rid, data)
-        return await self._wait(rid)
+        try:
+            self.core.propose(rid, data)
+        except DiscoverdError:
+            self.proposals_failed += 1
+            raise
+        return await self._wait_proposal(rid)
 
     async def propose_conf_change(self, cc: ConfChange) -> Any:
         rid = next(self._ids)
-        self.core.propose_conf_change(rid, cc)
-        return await self._wait(rid)
+        try:
+            self.core.propose_conf_change(rid, cc)
+        except DiscoverdError:
+            self.proposals_failed += 1
+            raise
+        return await self._wait_proposal(rid)
 
     async def read_barrier(self) -> int:
         """Wait until a linearizable read may be served locally; returns the read index."""
         rid = next(self._ids)
-        self.core.read(rid)
-        return int(await self._wait(rid))
+        try:
+            self.core.read(rid)
+            return int(await self._wait(rid))
+        except BaseException:
+            self.read_indexes_failed += 1
+            raise
+
+    async def _wait_proposal(self, rid: int) -> Any:
+        self.proposals_pending += 1
+        try:
+            return await self._wait(rid)
+        except BaseException:  # lost, or given up on: a cancel is a failure too, as in etcd
+            self.proposals_failed += 1
+            raise
+        finally:
+            self.proposals_pending -= 1
 
     async def _wait(self, rid: int) -> Any:
         event = self._waiters[rid] = trio.Event()
@@ -165,12 +218,22 @@ class RaftLoop:
             if rd.early_messages:
                 self._send(rd.early_messages)
             if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
-                started = trio.current_time()
-                await self._run_blocking(core.persist, rd)
+                seconds = await self._run_blocking(_timed, core.persist, rd)
                 if rd.must_sync:
                     self.fsyncs += 1
-                    self.fsync_seconds += trio.current_time() - started
-            done = core.complete(rd)
+                    self.fsync_seconds += seconds
+                    if self.observer is not None:
+                        self.observer.wal_fsync(seconds)
+            try:
+                done = core.complete(rd)
+            except Exception:
+                # A bug, or a disk that lies: the member cannot go on. Say where it stopped.
+                self.log.exception("apply failed; stopping the member", term=core.term,
+                                   applied=core.applied, index=core.applied + 1)
+                raise
+            if rd.snapshot is not None:
+                self.log.info("snapshot installed from the leader",
+                              index=rd.snapshot.meta.index, term=core.term)
             if done.messages:
                 self._send(done.messages)
             if done.soft_state is not None:
@@ -180,10 +243,15 @@ class RaftLoop:
             if self._after_ready is not None:
                 self._after_ready()
             if done.snapshot is not None:
-                await self._run_blocking(core.storage.write_snapshot, done.snapshot)
+                seconds = await self._run_blocking(_timed, core.storage.write_snapshot,
+                                                   done.snapshot)
                 core.snapshot_written(done.snapshot, done.compact_to)
+                self.snapshots_saved += 1
+                if self.observer is not None:
+                    self.observer.snapshot_saved(seconds)
                 self.log.info("snapshot saved", index=done.snapshot.meta.index,
-                              compacted_to=done.compact_to, term=core.term)
+                              compacted_to=done.compact_to, term=core.term,
+                              bytes=len(done.snapshot.data), write_ms=round(seconds * 1000, 3))
             if done.removed:
                 self.log.warning("this member was removed from the cluster; stopping",
                                  term=core.term, index=core.applied)
@@ -200,11 +268,13 @@ class RaftLoop:
         event.set()
 
     def _log_soft_state(self, leader: int, role: Role) -> None:
-        if self._last_soft is not None and self._last_soft[0] != leader:
+        previous = self._last_leader
+        if leader and leader != previous:
             self.leader_changes += 1
-        self._last_soft = (leader, role)
+        self._last_leader = leader
         self._role_changed.set()
         self._role_changed = trio.Event()
-        self.log.info("raft state", role=role.value, leader=f"{leader:x}", term=self.core.term,
+        self.log.info("raft state", role=role.value, leader=f"{leader:x}",
+                      previous_leader=f"{previous:x}", term=self.core.term,
                       commit=self.core.raft_log.committed, applied=self.core.applied)
 

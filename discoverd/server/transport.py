@@ -34,6 +34,12 @@ Wire format (after each side's TCP connect):
    Batches may be interleaved between a transfer's chunks, so heartbeats keep flowing while
    a large snapshot streams; one transfer at a time per connection, and the receiver holds
    only that transfer's chunks.
+3. Round-trip probes (when ``probe_interval`` is set): the dialler writes ``{"ping": n}``
+   every interval; the acceptor answers ``{"pong": n}`` on *its own* link to the dialler
+   (connections stay one-way). The id pairs each answer with its own ping, so a lost
+   answer never skews another sample. The time is the member-to-member round trip
+   through both transports (sockets, queues behind Raft traffic, both event loops) but not
+   through Raft or a disk: etcd's peer prober measures the same way.
 
 Callbacks are plain synchronous calls, made from the transport's tasks and, for messages
 dropped on a full queue, from inside ``send()`` itself. They must not block: call a
@@ -69,6 +75,10 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 BACKOFF_MIN_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 1.0
 
+PROBE_INTERVAL_SECONDS = 1.0
+"""How often a member times the round trip to each peer (``probe_interval``): two frames
+of a few bytes per peer per second, for a sample a second in the RTT histogram."""
+
 # The handshake is a few dozen bytes; a tight limit means a stray client (an HTTP request,
 # a port scanner) is refused after its first four bytes instead of being buffered.
 _HANDSHAKE_FRAME_BYTES = 64 * 1024
@@ -88,6 +98,12 @@ _STREAM_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 MessageCallback = Callable[[Message], None]
 UnreachableCallback = Callable[[int], None]
 SnapshotStatusCallback = Callable[[int, bool], None]
+RttCallback = Callable[[int, float], None]
+
+# Pings a link remembers while waiting for their pongs; an older one is forgotten (its pong,
+# should it come, is ignored), so a peer that never answers costs a bounded dict. Pongs owed
+# to a peer are bounded alike.
+_MAX_PINGS_OUTSTANDING = 8
 
 
 class Log(Protocol):
@@ -161,6 +177,12 @@ class _Link:
         self.next_transfer_id = 1
         self.problem = ""  # the last connection problem logged, for rate limiting
         self.problem_logged_at = -math.inf
+        # Round-trip probes: our pings awaiting the peer's pong (id -> time written), whether
+        # a ping is due, and pongs we owe the peer for its pings.
+        self.pings: dict[int, float] = {}
+        self.next_ping = 1
+        self.ping_due = False
+        self.pongs: list[int] = []
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "disconnected"
@@ -176,7 +198,8 @@ class _Link:
         return batch
 
     async def wait_for_work(self) -> None:
-        if self.queue or self.snapshots or self.transfer is not None:
+        if (self.queue or self.snapshots or self.transfer is not None or self.pongs
+                or self.ping_due):
             return
         self.wakeup = trio.Event()
         await self.wakeup.wait()
@@ -215,6 +238,9 @@ class PeerTransport:
             sent as chunks of this size.
         dial_timeout: seconds for one connect plus handshake.
         rng: jitter source for reconnect backoff.
+        probe_interval: seconds between round-trip probes on each outbound connection
+            (the first right after connecting); ``None``: no probes.
+        on_rtt: called ``(peer, seconds)`` with each probe's round-trip time.
 
     Raises:
         ClientError: a limit is not positive, or ``chunk_bytes`` leaves no room for a
@@ -236,9 +262,13 @@ class PeerTransport:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         dial_timeout: float = 1.0,
         rng: random.Random | None = None,
+        probe_interval: float | None = None,
+        on_rtt: RttCallback | None = None,
     ) -> None:
         if queue_limit <= 0 or chunk_bytes <= 0 or dial_timeout <= 0:
             raise ClientError("queue_limit, chunk_bytes and dial_timeout must be positive")
+        if probe_interval is not None and probe_interval <= 0:
+            raise ClientError("probe_interval must be positive")
         if chunk_bytes + _FRAME_OVERHEAD > max_frame_bytes:
             raise ClientError(
                 f"chunk_bytes ({chunk_bytes}) + {_FRAME_OVERHEAD} must not exceed "
@@ -257,6 +287,8 @@ class PeerTransport:
         self._dial_timeout = dial_timeout
         self._accept_timeout = max(5.0, 2 * dial_timeout)
         self._rng = rng if rng is not None else random.Random()
+        self._probe_interval = probe_interval
+        self.on_rtt = on_rtt
 
         self.stats: dict[int, PeerStats] = {}
         """Per-peer counters, kept after a peer is removed so that they stay monotonic."""
@@ -321,6 +353,13 @@ class PeerTransport:
             self._on_unreachable(peer)
         for peer in failed_snapshots:
             self._snapshot_failed(self._links[peer])
+
+    def is_connected(self, peer: int) -> bool:
+        """Whether our link to ``peer`` is up (handshake done, not broken since): what the
+        leader's strict reconfiguration checks call a connected member, as etcd asks its
+        transport."""
+        link = self._links.get(peer)
+        return link is not None and link.connected
 
     def set_peers(self, peers: dict[int, tuple[str, int]]) -> None:
         """Replace the set of peers (membership changed): start a link for each new peer,
@@ -451,6 +490,7 @@ class PeerTransport:
                     continue
                 failures = 0
                 link.connected = True
+                link.pongs.clear()  # sent now, they would time our outage, not a round trip
                 link.stats.connects += 1
                 if link.stats.connects > 1:
                     link.stats.reconnects += 1
@@ -523,6 +563,8 @@ class PeerTransport:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
+            if self._probe_interval is not None:
+                nursery.start_soon(self._probe_timer, link, self._probe_interval)
             try:
                 await self._write_loop(link, stream)
             except _STREAM_ERRORS as e:
@@ -530,11 +572,34 @@ class PeerTransport:
             nursery.cancel_scope.cancel()
         return reason
 
+    async def _probe_timer(self, link: _Link, interval: float) -> None:
+        """Make a ping due every ``interval`` for as long as this connection lives."""
+        while True:
+            link.ping_due = True
+            link.wakeup.set()
+            await trio.sleep(interval)
+
+    async def _write_probes(self, link: _Link, stream: trio.SocketStream) -> None:
+        """Pongs first (a peer is timing them), then our ping if one is due."""
+        pongs, link.pongs = link.pongs, []
+        for n in pongs:
+            await self._write_frame(link, stream, cbor2.dumps({"pong": n}))
+        if link.ping_due:
+            link.ping_due = False
+            n = link.next_ping
+            link.next_ping += 1
+            link.pings[n] = trio.current_time()
+            while len(link.pings) > _MAX_PINGS_OUTSTANDING:
+                del link.pings[next(iter(link.pings))]  # the oldest: dicts keep order
+            await self._write_frame(link, stream, cbor2.dumps({"ping": n}))
+
     async def _write_loop(self, link: _Link, stream: trio.SocketStream) -> None:
         """Take everything queued, write it as few frames as possible, then at most one
         snapshot chunk, and go round again (so batches interleave with a long transfer)."""
         while True:
             await link.wait_for_work()
+            if link.pongs or link.ping_due:
+                await self._write_probes(link, stream)
             for payload, messages in self._encode_batches(link, link.take_all()):
                 await self._write_frame(link, stream, payload)
                 link.stats.messages_sent += len(messages)
@@ -777,9 +842,30 @@ class PeerTransport:
                 self._deliver(conn, _decode(item))
         elif isinstance(obj, dict) and "snap" in obj:
             self._on_chunk(conn, obj)
+        elif isinstance(obj, dict) and ("ping" in obj or "pong" in obj):
+            self._on_probe(conn, obj)
         else:
-            raise PeerError(f"data frame is neither a batch nor a snapshot chunk: "
+            raise PeerError(f"data frame is neither a batch, a snapshot chunk nor a probe: "
                             f"{type(obj).__name__}")
+
+    def _on_probe(self, conn: _Inbound, probe: dict[Any, Any]) -> None:
+        """A ping: owe its pong on our own link to that peer (dropped if we have none). A
+        pong: the round trip of our ping with that id, if we still remember it."""
+        kind = "ping" if "ping" in probe else "pong"
+        n = probe.get(kind)
+        if len(probe) != 1 or type(n) is not int:
+            raise PeerError(f"malformed {kind} frame")
+        link = self._links.get(conn.peer)
+        if link is None:
+            return
+        if kind == "ping":
+            if link.connected and len(link.pongs) < _MAX_PINGS_OUTSTANDING:
+                link.pongs.append(n)
+                link.wakeup.set()
+            return
+        sent = link.pings.pop(n, None)
+        if sent is not None and self.on_rtt is not None:
+            self.on_rtt(conn.peer, trio.current_time() - sent)
 
     def _on_chunk(self, conn: _Inbound, chunk: dict[Any, Any]) -> None:
         tid, seq, last, data = (chunk.get(k) for k in ("snap", "seq", "last", "data"))

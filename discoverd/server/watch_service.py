@@ -50,12 +50,19 @@ class WatchService:
         self.max_watches = max_watches_per_connection
         self.log = log
         self._events: dict[int, trio.Event] = {}
+        self._watching: set[Connection] = set()
         self._leaderless_since: float | None = None
         self.no_leader = False
         self.events_sent = 0
 
     def __repr__(self) -> str:
         return f"<WatchService streams={len(self._events)} hub={len(self.hub)}>"
+
+    @property
+    def connections_watching(self) -> int:
+        """Connections carrying at least one watch: what etcd calls watch streams (one
+        gRPC stream multiplexes many watchers, as one connection does here)."""
+        return len(self._watching)
 
     def streams(self) -> dict[str, StreamHandler]:
         return {"watch": self.watch}
@@ -85,6 +92,7 @@ class WatchService:
         start = wreq.start_revision or self.store.revision + 1
         wid = self.hub.add(wreq)
         mine.add(wid)
+        self._watching.add(conn)
         self._events[wid] = trio.Event()
         try:
             await emit({"header": self._header(max(start - 1, 0)), "watch_id": wid,
@@ -94,6 +102,8 @@ class WatchService:
         finally:
             self.hub.remove(wid)
             mine.discard(wid)
+            if not mine:
+                self._watching.discard(conn)
             self._events.pop(wid, None)
 
     async def _pump(self, wid: int, emit: Emit) -> None:

@@ -122,6 +122,15 @@ class NativeClient:
         return self.call("status")
 
 
+def peer_url(m: MemberProcess) -> str:
+    return f"http://127.0.0.1:{m.peer_port}"
+
+
+def endpoints(members: list[MemberProcess]) -> str:
+    """``--endpoints`` for these members (comma-separated ``127.0.0.1:PORT``)."""
+    return ",".join(f"127.0.0.1:{m.client_port}" for m in members)
+
+
 @dataclass
 class MemberProcess:
     name: str
@@ -131,6 +140,8 @@ class MemberProcess:
     args: list[str]
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=Path)
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for the process (``DISCOVERD_*`` flags)."""
 
     @property
     def running(self) -> bool:
@@ -163,27 +174,56 @@ class ProcessCluster:
         self.root = root
         self.token = token
         self.members: list[MemberProcess] = []
+        self._timing = ["--heartbeat-interval", str(heartbeat_ms),
+                        "--election-timeout", str(election_ms)]
+        self._extra_args = list(extra_args or [])
         names = [f"m{i}" for i in range(1, size + 1)]
         ports = {n: (free_port(), free_port()) for n in names}
         initial = ",".join(f"{n}=http://127.0.0.1:{ports[n][1]}" for n in names)
         for n in names:
-            cport, pport = ports[n]
-            data_dir = root / f"{n}.discoverd"
-            args = [
-                "--name", n, "--data-dir", str(data_dir),
-                "--listen-client-urls", f"http://127.0.0.1:{cport}",
-                "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-                "--listen-peer-urls", f"http://127.0.0.1:{pport}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-                "--initial-cluster", initial,
-                "--initial-cluster-token", token,
-                "--heartbeat-interval", str(heartbeat_ms),
-                "--election-timeout", str(election_ms),
-                *(extra_args or []),
-            ]
-            self.members.append(MemberProcess(n, cport, pport, data_dir, args,
-                                              log_path=root / f"{n}.log"))
+            self.members.append(self._member(n, *ports[n], initial))
         self.election_s = election_ms / 1000
+
+    def _member(self, name: str, cport: int, pport: int, initial_cluster: str | None,
+                *extra: str) -> MemberProcess:
+        """``initial_cluster`` None: the name and the initial-cluster flags are left to the
+        ``DISCOVERD_*`` environment (``MemberProcess.env``)."""
+        data_dir = self.root / f"{name}.discoverd"
+        identity = [] if initial_cluster is None else [
+            "--name", name, "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+            "--initial-cluster", initial_cluster]
+        args = [
+            *identity, "--data-dir", str(data_dir),
+            "--listen-client-urls", f"http://127.0.0.1:{cport}",
+            "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+            "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+            "--initial-cluster-token", self.token,
+            *self._timing, *self._extra_args, *extra,
+        ]
+        return MemberProcess(name, cport, pport, data_dir, args,
+                             log_path=self.root / f"{name}.log")
+
+    def new_member(self, name: str, *extra: str, peer_port: int | None = None,
+                   client_port: int | None = None, initial_cluster: str | None = None,
+                   env: dict[str, str] | None = None) -> MemberProcess:
+        """A member that joins the running cluster (not started; add it with ``member add``
+        first): free ports, its own data dir, and either ``env`` — the ``DISCOVERD_*``
+        lines ``member add`` prints, which then give its name and initial-cluster flags — or
+        ``--initial-cluster-state existing`` with ``initial_cluster`` (default: every member
+        of ``members`` plus this one). Appended to ``members``; ``name`` must be new."""
+        assert all(m.name != name for m in self.members), f"{name} exists"
+        cport, pport = client_port or free_port(), peer_port or free_port()
+        if env is not None:
+            m = self._member(name, cport, pport, None, *extra)
+            m.env = dict(env)
+        else:
+            if initial_cluster is None:
+                initial_cluster = ",".join([*(f"{m.name}={peer_url(m)}" for m in self.members),
+                                            f"{name}=http://127.0.0.1:{pport}"])
+            m = self._member(name, cport, pport, initial_cluster,
+                             "--initial-cluster-state", "existing", *extra)
+        self.members.append(m)
+        return m
 
     def __enter__(self) -> ProcessCluster:
         return self
@@ -209,7 +249,7 @@ class ProcessCluster:
 
     def start(self, m: MemberProcess, *extra: str) -> None:
         assert not m.running, f"{m.name} is already running"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **m.env}
         log = m.log_path.open("ab")
         m.proc = subprocess.Popen(
             [sys.executable, "-m", "discoverd.cli", "serve", *m.args, *extra],

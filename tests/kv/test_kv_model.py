@@ -388,6 +388,10 @@ class StoreVersusModel(RuleBasedStateMachine):
         assert got == want
 
     @invariant()
+    def key_count_is_the_keys_alive_now(self) -> None:
+        assert self.store.key_count == len(self.model.states[-1])
+
+    @invariant()
     def size_is_the_bytes_of_kept_versions(self) -> None:
         versions = self.store.to_obj()["versions"]
         assert self.store.size_bytes == sum(len(v[2]) + len(v[3]) for v in versions)

@@ -3,8 +3,9 @@ and may refuse it — after which the store is exactly as before, down to the in
 
 The property test builds random stores (puts, deletes, txns, compactions, leases), then
 runs a random write whose hook makes random derived changes and refuses it, and demands
-that the image (``to_obj``), the index, the size and the revision are unchanged and that
-random later writes behave exactly as on a copy taken before the refused write.
+that the image (``to_obj``), the index, the size, the key count and the revision are
+unchanged and that random later writes behave exactly as on a copy taken before the refused
+write.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def index_dump(store: MvccStore) -> dict[bytes, list[list[R]]]:
 
 def state(store: MvccStore) -> tuple[Any, ...]:
     """Everything a refused write must leave as it was (the image byte for byte)."""
-    return cbor2.dumps(store.to_obj()), index_dump(store), store.size_bytes, store.revision
+    return (cbor2.dumps(store.to_obj()), index_dump(store), store.size_bytes, store.revision,
+            store.key_count)
 
 
 class Refuse(DiscoverdError):

@@ -860,3 +860,23 @@ def test_memory_stays_bounded_with_ten_thousand_watchers() -> None:
     h.drain(stuck, max_events=3)
     assert h.events(stuck) == h.want(stuck)
     assert hub.stats.synced == 10_000
+
+
+# -- what auto-compaction must not pass ---------------------------------------------------------
+
+
+def test_oldest_needed_is_the_lowest_revision_a_behind_watcher_must_read() -> None:
+    h = Harness()
+    for i in range(10):
+        h.put(b"k%d" % i)
+    assert h.hub.oldest_needed() is None  # no watcher
+    live = h.watch(b"k1")
+    assert h.hub.oldest_needed() is None  # a synced watcher needs no history
+    behind = h.watch(b"k", prefix_end(b"k"), start_revision=4)
+    assert h.hub.oldest_needed() == 4
+    h.drain(behind)
+    assert h.hub.oldest_needed() is None  # caught up from history: synced again
+    old = h.watch(b"k", prefix_end(b"k"), start_revision=2)
+    h.hub.remove(old)
+    assert h.hub.oldest_needed() is None
+    assert h.events(live) == []

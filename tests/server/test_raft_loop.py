@@ -116,6 +116,9 @@ async def test_losing_the_leader_elects_another_within_bounded_virtual_time(
         assert await new.propose(encode_put(b"after", b"y")) > committed
         assert isinstance(new.core.sm, RegisterMachine)
         assert new.core.sm.get(b"before") == b"x"
+        # Each survivor saw the first leader, then none (the election), then the new one:
+        # two changes, as etcd counts them.
+        assert [lp.leader_changes for i, lp in c.loops.items() if i != old_id] == [2, 2]
         nursery.cancel_scope.cancel()
 
 
@@ -130,4 +133,5 @@ async def test_a_cancelled_request_leaves_no_waiter(autojump_clock: trio.testing
             await leader.propose(encode_put(b"k", b"v"))
         assert scope.cancelled_caught
         assert leader._waiters == {}
+        assert (leader.proposals_failed, leader.proposals_pending) == (1, 0)
         nursery.cancel_scope.cancel()

@@ -178,6 +178,66 @@ async def test_batches_are_bounded_by_the_frame_size_target() -> None:
             assert frames < len(msgs)
 
 
+# ---------------------------------------------------------------------- round-trip probes
+
+
+async def test_probes_time_the_round_trip_both_ways_beside_raft_traffic() -> None:
+    with trio.fail_after(10):
+        rtts: dict[int, list[tuple[int, float]]] = {1: [], 2: []}
+        a = Member(1, probe_interval=0.01, on_rtt=lambda p, s: rtts[1].append((p, s)))
+        b = Member(2, probe_interval=0.01, on_rtt=lambda p, s: rtts[2].append((p, s)))
+        async with cluster(a, b):
+            for n in range(1, 301):
+                a.t.send([hb(1, 2, n)])
+                b.t.send([hb(2, 1, n)])
+                if n % 30 == 0:
+                    await trio.sleep(0.005)  # let probes interleave with the messages
+            await wait_for(lambda: len(rtts[1]) >= 5 and len(rtts[2]) >= 5,
+                           "five round trips each way")
+            assert {p for p, _ in rtts[1]} == {2}
+            assert {p for p, _ in rtts[2]} == {1}
+            assert all(0 < s < 1 for _, s in rtts[1] + rtts[2])
+            # Probes are not Raft messages: every message arrives once, in order, and only
+            # messages are counted as messages (the frames and bytes include the probes).
+            await wait_for(lambda: len(a.received) == 300 and len(b.received) == 300,
+                           "every message")
+            assert b.received == [hb(1, 2, n) for n in range(1, 301)]
+            assert a.received == [hb(2, 1, n) for n in range(1, 301)]
+            assert a.t.stats[2].messages_sent == b.t.stats[1].messages_received == 300
+            assert a.t.stats[2].frames_sent > 300 // 30
+
+
+async def test_unanswered_pings_are_forgotten_and_never_pair_with_a_later_pong() -> None:
+    """b accepts a's pings but has no link back, so it cannot answer; a remembers only the
+    last eight. Once b can answer, each pong pairs with its own ping: a sample well under
+    the age of the oldest remembered ping (eight intervals, 0.4 s) shows that no pong was
+    paired with an older, unanswered ping."""
+    with trio.fail_after(10):
+        rtts: list[float] = []
+        a = Member(1, probe_interval=0.05, on_rtt=lambda p, s: rtts.append(s))
+        b = Member(2)
+        async with trio.open_nursery() as nursery:
+            await start(nursery, a)
+            await start(nursery, b)
+            a.t.set_peers({2: b.addr})
+            await nursery.start(a.t.run)
+            await nursery.start(b.t.run)
+            link = a.t._links[2]
+            await wait_for(lambda: link.next_ping > 12, "twelve unanswered pings")
+            assert rtts == []
+            assert len(link.pings) == 8
+            b.t.set_peers({1: a.addr})
+            await wait_for(lambda: len(rtts) >= 3, "answered pings")
+            assert max(rtts) < 0.2
+            await a.t.aclose()
+            await b.t.aclose()
+
+
+def test_probe_interval_must_be_positive() -> None:
+    with pytest.raises(ClientError, match="probe_interval"):
+        Member(1, probe_interval=0)
+
+
 # ---------------------------------------------------------------------- snapshots
 
 
@@ -377,6 +437,8 @@ GARBAGE: list[tuple[str, bytes, bool]] = [
      encode_frame(cbor2.dumps([encode_message(hb(1, 2, 0))])), True),
     ("snapshot chunk without its start",
      encode_frame(cbor2.dumps({"snap": 1, "seq": 3, "last": True, "data": b"x"})), True),
+    ("ping whose id is not an integer", encode_frame(cbor2.dumps({"ping": "1"})), True),
+    ("pong with extra fields", encode_frame(cbor2.dumps({"pong": 1, "x": 0})), True),
 ]
 
 

@@ -1,6 +1,6 @@
 """The deterministic simulator over many seeds (DESIGN §13).
 
-``DISCOVERD_SIM_SEEDS`` sets how many fresh seeds run (default 200, in parallel on every
+``DISCOVERD_SIM_SEEDS`` sets how many fresh seeds run (default 100, in parallel on every
 core); ``DISCOVERD_SIM_FIRST_SEED`` where they start. Every failure names its seed and the
 command that replays it event by event.
 """
@@ -40,7 +40,7 @@ def test_regression_seed(seed: int) -> None:
 
 
 def test_swarm_of_seeds() -> None:
-    count = int(os.environ.get("DISCOVERD_SIM_SEEDS", "200"))
+    count = int(os.environ.get("DISCOVERD_SIM_SEEDS", "100"))
     first = int(os.environ.get("DISCOVERD_SIM_FIRST_SEED", "1000"))
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         outcomes = list(pool.map(_outcome, range(first, first + count), chunksize=4))
