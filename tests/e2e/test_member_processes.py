@@ -35,34 +35,11 @@ from discoverd.testing.cluster import (
     wait_for,
 )
 
-MakeCluster = Callable[..., ProcessCluster]
-
 # ----------------------------------------------------------------------------- fixtures
 
+MakeCluster = Callable[..., ProcessCluster]  # the `clusters` fixture (conftest.py)
 
-@pytest.fixture
-def clusters(tmp_path: Path) -> Iterator[MakeCluster]:
-    """A factory of clusters (not started); every member of every cluster made is killed at
-    teardown, and the logs' tails are printed for the failure report."""
-    made: list[ProcessCluster] = []
 
-    def make(size: int = 3, **kwargs: Any) -> ProcessCluster:
-        root = tmp_path / f"cluster{len(made)}"
-        root.mkdir()
-        c = ProcessCluster(root, size, **kwargs)
-        made.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
-        for c in made:
-            for m in c.members:
-                tail = m.log_text().splitlines()[-40:]
-                print(f"----- {m.log_path} (last {len(tail)} lines)")
-                print("\n".join(tail))
 
 
 @pytest.fixture

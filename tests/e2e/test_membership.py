@@ -16,8 +16,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,33 +33,11 @@ from discoverd.testing.cluster import (
     wait_for,
 )
 
-MakeCluster = Callable[..., ProcessCluster]
 REMOVED_LINE = "this member was removed from the cluster; stopping"
 
+MakeCluster = Callable[..., ProcessCluster]  # the `clusters` fixture (conftest.py)
 
-@pytest.fixture
-def clusters(tmp_path: Path) -> Iterator[MakeCluster]:
-    """A factory of (unstarted) clusters; every member process is killed at teardown and
-    the tail of each log printed (shown for a failing test)."""
-    made: list[ProcessCluster] = []
 
-    def make(size: int, *extra: str) -> ProcessCluster:
-        root = tmp_path / f"cluster{len(made)}"
-        root.mkdir()
-        c = ProcessCluster(root, size, extra_args=list(extra))
-        made.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
-        for c in made:
-            for m in c.members:
-                tail = m.log_text().splitlines()[-30:]
-                print(f"----- {m.log_path} (last {len(tail)} lines)")
-                print("\n".join(tail))
 
 
 # ----------------------------------------------------------------------------- helpers
