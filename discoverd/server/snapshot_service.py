@@ -20,7 +20,6 @@ from typing import Any
 import structlog
 
 from discoverd import __version__
-from discoverd.kv.requests import RangeRequest
 from discoverd.machine.applier import KvMachine
 from discoverd.member.core import MemberCore
 from discoverd.server.api_server import Connection, Emit, StreamHandler
@@ -48,10 +47,9 @@ class SnapshotService:
         started = time.monotonic()
         store = self.machine.store
         image = self.machine.snapshot()
-        everything = RangeRequest(key=b"\0", range_end=b"\0", count_only=True)
         info = SnapshotHeader(
             revision=store.revision, compact_revision=max(store.compact_revision, 0),
-            keys=store.range(everything).count, size=len(image), index=self.core.applied,
+            keys=store.key_count, size=len(image), index=self.core.applied,
             term=self.core.term, cluster_id=self.cluster_id, member_id=self.member_id,
             created=time.time(), version=__version__)
         revision = store.revision
