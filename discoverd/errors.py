@@ -203,6 +203,19 @@ class NoSpace(ClientError):
         super().__init__(message or "etcdserver: mvcc: database space exceeded")
 
 
+class DiskFull(Unavailable):
+    """This member's data directory is on a full disk (ENOSPC, EDQUOT, EFBIG from a WAL
+    write): the request was refused before it was proposed, so nothing was written. Retry
+    once space is freed, or on another member (the SDK does that by itself)."""
+
+    code = "disk_full"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (
+            "the disk of this member's data directory is full: nothing was written; "
+            "retry once space is freed, or on another member"))
+
+
 class TooManyWatches(ClientError):
     """A connection asked for more concurrent watches than the member allows."""
 

@@ -27,6 +27,7 @@ from discoverd.server.alarm_service import AlarmService
 from discoverd.server.api_server import ClientApi, Connection, Handler
 from discoverd.server.compactor import Compactor
 from discoverd.server.config import MemberConfig, parse_url, parse_urls
+from discoverd.server.disk_faults import wrap_fs
 from discoverd.server.http import HttpServer, gateway_router
 from discoverd.server.lease_service import LeaseService
 from discoverd.server.membership import MembershipService, member_identity
@@ -55,8 +56,12 @@ class Member:
         self.member_id = member_identity(cfg)
         members = cfg.members()
         self._lock = _lock_data_dir(cfg.data_dir)
+        os_fs = OsFS()
+        fs = wrap_fs(os_fs)  # os_fs itself unless a test hook's variable is set
+        if fs is not os_fs:
+            log.warning("disk fault test hooks are on", fs=repr(fs))
         self.storage = DiskStorage(
-            OsFS(), cfg.member_dir, cluster_id=self.cluster_id, member_id=self.member_id,
+            fs, cfg.member_dir, cluster_id=self.cluster_id, member_id=self.member_id,
             name=cfg.name, keep_entries=cfg.snapshot_catchup_entries,
         )
         if self.storage.torn_tail_bytes:
@@ -191,6 +196,7 @@ class Member:
             "leases": len(self.machine.lessor),
             "watchers": len(self.machine.hub),
             "errors": self.alarm_service.errors(),
+            "disk_full": self.loop.disk_full,
         }
 
     async def op_range(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:

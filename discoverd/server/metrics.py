@@ -251,6 +251,9 @@ class MemberMetrics:
                      1 if m.member_id in raft.conf_state.learners else 0)
         yield _gauge("discoverd_server_raft_term", "The current Raft term of this member.",
                      core.term)
+        yield _gauge("discoverd_disk_wal_disk_full",
+                     "1 while this member cannot write its WAL (disk full), else 0.",
+                     1 if loop.disk_full else 0)
         yield _counter("discoverd_server_leader_changes_seen_total",
                        "The number of leader changes seen.", loop.leader_changes)
         yield _gauge("discoverd_server_proposals_committed_total",

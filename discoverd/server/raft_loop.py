@@ -11,10 +11,25 @@ Everything else (peer messages from the transport, client proposals and reads) j
 core and wakes the ready loop. While one Ready is being fsynced, new proposals accumulate in
 Raft's unstable log and go to disk together in the next one: batching falls out of the
 structure rather than from a timer.
+
+**A full disk** (ENOSPC, EDQUOT, EFBIG while *writing* a Ready) does not stop the member. The
+storage raises ``WriteNotDone`` only after undoing the partial write, so nothing of that Ready
+is on disk, and nothing that depends on it being durable has happened (its messages — votes,
+acknowledgements — go out only after ``persist``; the early messages, a leader's appends,
+never did depend on it): the loop logs it once, enters the *disk full* state and persists the
+same Ready again with backoff until it succeeds. Stepping and ticking the core between
+``begin`` and ``complete`` is what the loop does during every fsync anyway (``persist`` runs
+on a worker thread), so the ticker keeps running. In that state new proposals and
+linearizable reads are refused at once with ``DiskFull`` (they would only wait behind the
+stuck Ready); serializable reads go on; requests already waiting stay pending — their outcome
+is genuinely unknown. A snapshot file that cannot be written is logged and retried later. A
+failed *fsync* still stops the member: after it the WAL cannot know what the page cache kept
+(fsyncgate), only a restart that re-reads the disk can.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -25,8 +40,9 @@ import trio
 
 from discoverd.consensus.messages import ConfChange, Message
 from discoverd.consensus.raft import Role
-from discoverd.errors import DiscoverdError
-from discoverd.member.core import MemberCore, Reply
+from discoverd.errors import DiscoverdError, DiskFull
+from discoverd.member.core import Completion, MemberCore, Reply
+from discoverd.storage.fs import WriteNotDone
 
 Sender = Callable[[list[Message]], None]
 BlockingRunner = Callable[..., Awaitable[Any]]
@@ -36,6 +52,18 @@ inline runner for in-memory storage (tests on virtual time need every step on th
 
 async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
+
+
+SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""Write errors that mean "no room": retried until there is, instead of stopping."""
+
+DISK_FULL_RETRY_FIRST = 0.1
+DISK_FULL_RETRY_MAX = 2.0
+"""Backoff (seconds) between attempts to persist a Ready while the disk is full."""
+
+
+def _is_space_error(exc: OSError) -> bool:
+    return isinstance(exc, WriteNotDone) and exc.errno in SPACE_ERRNOS
 
 
 class LoopObserver(Protocol):
@@ -94,6 +122,12 @@ class RaftLoop:
         self.fsync_seconds = 0.0
         self.readys = 0
         self.snapshots_saved = 0
+        self.disk_full = False
+        """True while a Ready cannot be written for lack of space (see the module docs)."""
+        self.disk_full_retries = 0
+        """Failed attempts to persist a Ready for lack of space, since start."""
+        self._snapshot_retry_at = 0.0
+        self._snapshot_backoff = DISK_FULL_RETRY_FIRST
         self._last_leader = 0
         self._role_changed = trio.Event()
 
@@ -124,9 +158,11 @@ class RaftLoop:
         Raises:
             NotLeader: no leader is known (nothing was proposed).
             ProposalDropped: the proposal was lost to a leader change or a snapshot.
+            DiskFull: this member's disk is full (nothing was proposed).
         """
         rid = next(self._ids)
         try:
+            self._refuse_if_disk_full()
             self.core.propose(rid, data)
         except DiscoverdError:
             self.proposals_failed += 1
@@ -136,6 +172,7 @@ class RaftLoop:
     async def propose_conf_change(self, cc: ConfChange) -> Any:
         rid = next(self._ids)
         try:
+            self._refuse_if_disk_full()
             self.core.propose_conf_change(rid, cc)
         except DiscoverdError:
             self.proposals_failed += 1
@@ -143,14 +180,26 @@ class RaftLoop:
         return await self._wait_proposal(rid)
 
     async def read_barrier(self) -> int:
-        """Wait until a linearizable read may be served locally; returns the read index."""
+        """Wait until a linearizable read may be served locally; returns the read index.
+
+        Raises:
+            DiskFull: the Raft round it needs cannot happen until this member's disk has
+                room (serializable reads still work).
+        """
         rid = next(self._ids)
         try:
+            self._refuse_if_disk_full()
             self.core.read(rid)
             return int(await self._wait(rid))
         except BaseException:
             self.read_indexes_failed += 1
             raise
+
+    def _refuse_if_disk_full(self) -> None:
+        """Refuse a new request at once while the disk is full: it would only wait behind
+        the Ready that cannot be written, and then time out with an unknown outcome."""
+        if self.disk_full:
+            raise DiskFull()
 
     async def _wait_proposal(self, rid: int) -> Any:
         self.proposals_pending += 1
@@ -218,7 +267,7 @@ class RaftLoop:
             if rd.early_messages:
                 self._send(rd.early_messages)
             if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
-                seconds = await self._run_blocking(_timed, core.persist, rd)
+                seconds = await self._persist(rd)
                 if rd.must_sync:
                     self.fsyncs += 1
                     self.fsync_seconds += seconds
@@ -243,20 +292,85 @@ class RaftLoop:
             if self._after_ready is not None:
                 self._after_ready()
             if done.snapshot is not None:
-                seconds = await self._run_blocking(_timed, core.storage.write_snapshot,
-                                                   done.snapshot)
-                core.snapshot_written(done.snapshot, done.compact_to)
-                self.snapshots_saved += 1
-                if self.observer is not None:
-                    self.observer.snapshot_saved(seconds)
-                self.log.info("snapshot saved", index=done.snapshot.meta.index,
-                              compacted_to=done.compact_to, term=core.term,
-                              bytes=len(done.snapshot.data), write_ms=round(seconds * 1000, 3))
+                await self._save_snapshot(done)
             if done.removed:
                 self.log.warning("this member was removed from the cluster; stopping",
                                  term=core.term, index=core.applied)
                 self.removed.set()
                 return
+
+    async def _persist(self, rd: Any) -> float:
+        """Write ``rd`` (on a worker thread); returns the seconds it took. While the disk is
+        full, retry the same Ready with backoff (see the module docstring)."""
+        core = self.core
+        backoff = DISK_FULL_RETRY_FIRST
+        full_since = 0.0
+        while True:
+            try:
+                seconds: float = await self._run_blocking(_timed, core.persist, rd)
+            except OSError as exc:
+                fields = {"member_id": f"{core.id:x}", "term": core.term,
+                          "index": rd.entries[-1].index if rd.entries else core.applied,
+                          "errno": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                          "error": str(exc)}
+                if not _is_space_error(exc):
+                    # A failed fsync (the WAL refuses writes after it: what the page cache
+                    # kept is unknowable), or a write error that is not about space.
+                    self.log.critical("writing the WAL failed; stopping the member (restart "
+                                      "it to recover from what is on disk)", **fields)
+                    raise
+                self.disk_full_retries += 1
+                if not full_since:
+                    full_since = trio.current_time()
+                if not self.disk_full:
+                    self.disk_full = True
+                    self.log.error("disk full: could not write the WAL (nothing was written);"
+                                   " refusing new writes and retrying until there is room",
+                                   **fields)
+                await trio.sleep(backoff)
+                backoff = min(2 * backoff, DISK_FULL_RETRY_MAX)
+                continue
+            if self.disk_full:
+                self.disk_full = False
+                self.log.warning("disk space is back: the WAL write succeeded; accepting "
+                                 "writes again", member_id=f"{core.id:x}", term=core.term,
+                                 full_seconds=round(trio.current_time() - full_since, 3))
+            return seconds
+
+    async def _save_snapshot(self, done: Completion) -> None:
+        """Write the snapshot ``complete`` built; without room for it, log and leave it to
+        a later Ready (the core builds a new one while its snapshot is overdue)."""
+        core = self.core
+        snap = done.snapshot
+        assert snap is not None
+        if trio.current_time() < self._snapshot_retry_at:
+            return
+        try:
+            seconds: float = await self._run_blocking(_timed, core.storage.write_snapshot, snap)
+        except OSError as exc:
+            fields = {"member_id": f"{core.id:x}", "term": core.term, "index": snap.meta.index,
+                      "errno": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                      "error": str(exc)}
+            if not _is_space_error(exc):
+                self.log.critical("writing a snapshot failed; stopping the member", **fields)
+                raise
+            if self._snapshot_backoff == DISK_FULL_RETRY_FIRST:
+                self.log.error("disk full: could not write a snapshot (nothing was written);"
+                               " retrying later", **fields)
+            self._snapshot_retry_at = trio.current_time() + self._snapshot_backoff
+            self._snapshot_backoff = min(2 * self._snapshot_backoff, DISK_FULL_RETRY_MAX)
+            return
+        if self._snapshot_backoff != DISK_FULL_RETRY_FIRST:
+            self._snapshot_backoff = DISK_FULL_RETRY_FIRST
+            self.log.warning("disk space is back: snapshot written", index=snap.meta.index,
+                             member_id=f"{core.id:x}")
+        core.snapshot_written(snap, done.compact_to)
+        self.snapshots_saved += 1
+        if self.observer is not None:
+            self.observer.snapshot_saved(seconds)
+        self.log.info("snapshot saved", index=snap.meta.index,
+                      compacted_to=done.compact_to, term=core.term,
+                      bytes=len(snap.data), write_ms=round(seconds * 1000, 3))
 
     def _deliver(self, reply: Reply) -> None:
         event = self._waiters.get(reply.request_id)

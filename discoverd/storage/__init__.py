@@ -13,7 +13,7 @@ the one that moves calls onto a worker thread (``OsFS`` blocks in ``fsync``).
 """
 
 from discoverd.storage.disk_storage import DiskStorage
-from discoverd.storage.fs import FileHandle, FileSystem, OsFS
+from discoverd.storage.fs import FileHandle, FileSystem, OsFS, WriteNotDone
 from discoverd.storage.meta import MemberMeta
 from discoverd.storage.snapshot import SnapshotStore
 from discoverd.storage.wal import WAL, SnapshotMarker, WalReplay
@@ -28,4 +28,5 @@ __all__ = [
     "SnapshotMarker",
     "SnapshotStore",
     "WalReplay",
+    "WriteNotDone",
 ]

@@ -35,7 +35,7 @@ from discoverd.consensus.messages import (
 )
 from discoverd.consensus.storage import MemoryStorage
 from discoverd.errors import CorruptData
-from discoverd.storage.fs import FileSystem, ensure_dir
+from discoverd.storage.fs import FileSystem, WriteNotDone, ensure_dir
 from discoverd.storage.meta import MemberMeta, check_meta, write_meta
 from discoverd.storage.snapshot import SnapshotStore
 from discoverd.storage.wal import DEFAULT_SEGMENT_BYTES, WAL, SnapshotMarker, WalReplay
@@ -146,9 +146,11 @@ class DiskStorage:
         A snapshot at or below the current one is ignored, as ``MemoryStorage`` does.
 
         Raises:
-            OSError: nothing new is promised durable and the in-memory log is unchanged.
-                After a failed write (e.g. ENOSPC) the storage stays usable; after a failed
-                fsync every later call raises and the member must restart.
+            WriteNotDone: a write failed (e.g. ENOSPC) and was undone: nothing changed on
+                disk or in memory, the storage stays usable and the same call may be
+                repeated.
+            OSError: nothing new is promised durable and the in-memory log is unchanged;
+                after a failed fsync every later call raises and the member must restart.
         """
         self.persist(hard_state, entries, snapshot, must_sync=must_sync)
         self.persisted(hard_state, entries, snapshot)
@@ -191,11 +193,26 @@ class DiskStorage:
         return None
 
     def write_snapshot(self, snap: Snapshot) -> None:
-        """The disk half of ``create_snapshot`` for an image the member already built."""
+        """The disk half of ``create_snapshot`` for an image the member already built.
+
+        Raises:
+            WriteNotDone: the snapshot file or its WAL marker could not be written (e.g.
+                ENOSPC); nothing changed — a file written without its marker is removed
+                again, so that a full disk gets its space back — and a later call may retry.
+            OSError: another failure (a failed fsync makes the WAL unusable).
+        """
         if snap.meta.index <= self._mem.snapshot().meta.index:
             return
+        marker = SnapshotMarker(index=snap.meta.index, term=snap.meta.term)
         self._snaps.save(snap)
-        self._wal.save_snapshot_marker(SnapshotMarker(index=snap.meta.index, term=snap.meta.term))
+        try:
+            self._wal.save_snapshot_marker(marker)
+        except WriteNotDone:
+            try:
+                self._snaps.remove(marker)
+            except OSError as exc:  # recovery removes it: the WAL never mentions it
+                log.warning("storage: could not remove unrecorded snapshot %s: %s", marker, exc)
+            raise
 
     def snapshot_written(self, snap: Snapshot, compact_to: int) -> None:
         """The memory half: adopt ``snap``, compact up to ``compact_to`` (never past the

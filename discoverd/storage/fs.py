@@ -22,6 +22,24 @@ import posixpath
 from typing import Protocol
 
 
+class WriteNotDone(OSError):
+    """A write failed and was undone: nothing of it is on disk (a partial write was cut
+    off, a half-written new file removed) and the object that raised it is still usable,
+    so the same call may simply be repeated — typically once a full disk has room again.
+
+    It keeps the original ``errno`` (``ENOSPC``, ``EDQUOT``, ``EFBIG``, ...), so callers
+    that only catch ``OSError`` see no difference. A failed *fsync* never raises this: what
+    the page cache then holds is unknowable, and the WAL refuses further writes.
+    """
+
+    @classmethod
+    def wrap(cls, exc: OSError, path: str | None = None) -> WriteNotDone:
+        """``exc`` as a ``WriteNotDone``, naming ``path`` if ``exc`` names no file."""
+        if exc.errno is None:
+            return cls(str(exc))
+        return cls(exc.errno, exc.strerror or str(exc), exc.filename or path)
+
+
 class FileHandle(Protocol):
     """A file opened for appending."""
 
@@ -116,15 +134,25 @@ def write_file_atomically(fs: FileSystem, path: str, data: bytes) -> None:
     the directory. A crash before the rename leaves a ``.tmp`` file that readers ignore.
 
     Raises:
-        OSError: the file system failed; ``path`` is unchanged and the ``.tmp`` file is
-            removed if possible.
+        WriteNotDone: creating or writing the ``.tmp`` file failed (e.g. ENOSPC); ``path``
+            is unchanged and the call may be repeated.
+        OSError: the file system failed otherwise; ``path`` is unchanged and the ``.tmp``
+            file is removed if possible.
     """
     tmp_path = path + ".tmp"
     if fs.exists(tmp_path):
         fs.remove(tmp_path)
-    handle = fs.open_append(tmp_path)
+    try:
+        handle = fs.open_append(tmp_path)
+    except OSError as exc:
+        raise WriteNotDone.wrap(exc, tmp_path) from exc
     try:
         handle.write(data)
+    except OSError as exc:
+        handle.close()
+        _remove_quietly(fs, tmp_path)
+        raise WriteNotDone.wrap(exc, tmp_path) from exc
+    try:
         handle.fsync()
     except OSError:
         handle.close()

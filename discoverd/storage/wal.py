@@ -52,7 +52,7 @@ from discoverd.consensus.messages import (
     hard_state_to_obj,
 )
 from discoverd.errors import CorruptData, PeerError
-from discoverd.storage.fs import FileHandle, FileSystem, ensure_dir
+from discoverd.storage.fs import FileHandle, FileSystem, WriteNotDone, ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -466,8 +466,10 @@ class WAL:
                 file: on replay it discards every earlier entry.
 
         Raises:
-            OSError: nothing new is promised durable; after a failed write the WAL is still
-                usable (the partial record was cut off), after a failed fsync it is not.
+            WriteNotDone: the write failed (e.g. ENOSPC) and the partial record was cut
+                off: nothing changed, the WAL is still usable, the call may be repeated.
+            OSError: nothing new is promised durable; after a failed fsync (or a failed
+                cut) the WAL is unusable until reopened.
         """
         if not entries and hard_state is None and installed_snapshot is None:
             if must_sync:
@@ -543,8 +545,10 @@ class WAL:
             self._roll()
         try:
             self._tail.write(frame)
-        except OSError:
+        except OSError as exc:
             self._cut_partial_write()
+            if self._failure is None:  # cut: the WAL is as before the call
+                raise WriteNotDone.wrap(exc, self._segments[-1].path) from exc
             raise
         self._tail_size_bytes += len(frame)
         self._unsynced = True
@@ -594,9 +598,18 @@ def _create_segment(
     header = _encode_record(_Header(identity[0], identity[1], hard_state, snapshot))
     if fs.exists(path):
         fs.truncate(path, 0)  # left over from a cut that failed half-way
-    handle = fs.open_append(path)
+    try:
+        handle = fs.open_append(path)
+    except OSError as exc:
+        raise WriteNotDone.wrap(exc, path) from exc
     try:
         handle.write(header)
+    except OSError as exc:
+        # The old tail is untouched and a retry truncates whatever is left of this file.
+        handle.close()
+        _remove_quietly(fs, path)
+        raise WriteNotDone.wrap(exc, path) from exc
+    try:
         handle.fsync()
     except OSError:
         handle.close()

@@ -2,7 +2,9 @@
 
 ``ProcessCluster`` picks free ports, starts members as subprocesses (logs to files in their
 data dirs), and offers the faults tests need: ``kill`` (SIGKILL), ``pause``/``resume``
-(SIGSTOP/SIGCONT), ``stop`` (SIGTERM, graceful), ``restart``. ``NativeClient`` is a minimal
+(SIGSTOP/SIGCONT), ``stop`` (SIGTERM, graceful), ``restart``; with ``peer_proxies=True``
+every member-to-member connection also passes a fault-injecting proxy (``cluster.faults``,
+see ``discoverd.testing.netfaults``). ``NativeClient`` is a minimal
 blocking client of the native protocol — just enough to drive and observe a member; the SDK
 (``discoverd.sdk``) is what applications use.
 
@@ -27,6 +29,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import cbor2
+
+from discoverd.server.config import member_id_for
+from discoverd.testing.netfaults import PeerFaults, PeerProxy
 
 T = TypeVar("T")
 
@@ -123,7 +128,8 @@ class NativeClient:
 
 
 def peer_url(m: MemberProcess) -> str:
-    return f"http://127.0.0.1:{m.peer_port}"
+    """The peer URL ``m`` advertises (its proxy's, when the cluster has peer proxies)."""
+    return f"http://127.0.0.1:{m.advertised_peer_port or m.peer_port}"
 
 
 def endpoints(members: list[MemberProcess]) -> str:
@@ -142,6 +148,11 @@ class MemberProcess:
     log_path: Path = field(default_factory=Path)
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for the process (``DISCOVERD_*`` flags)."""
+    advertised_peer_port: int = 0
+    """The peer port the others dial when it is not ``peer_port`` (its proxy's); 0: same."""
+    launcher: list[str] = field(default_factory=lambda: ["-m", "discoverd.cli"])
+    """What runs ``serve``: the real CLI, or a deliberately broken build
+    (``discoverd.testing.mutants``) that the fault tests must catch."""
 
     @property
     def running(self) -> bool:
@@ -170,8 +181,18 @@ class ProcessCluster:
         heartbeat_ms: int = 50,
         election_ms: int = 500,
         extra_args: list[str] | None = None,
+        peer_proxies: bool = False,
     ) -> None:
+        """``peer_proxies``: each member listens for peers on its own port but advertises
+        the port of a proxy in front of it, so that every connection to it from a peer
+        passes the proxy and ``self.faults`` can cut, delay or thin it."""
         self.root = root
+        self.faults: PeerFaults | None = (
+            PeerFaults(resolve=lambda name: self.member_id(self.member(name)),
+                       roster=lambda: [m.name for m in self.members])
+            if peer_proxies else None)
+        self._member_ids: dict[str, int] = {}
+        self._proxies: dict[str, PeerProxy] = {}
         self.token = token
         self.members: list[MemberProcess] = []
         self._timing = ["--heartbeat-interval", str(heartbeat_ms),
@@ -179,7 +200,8 @@ class ProcessCluster:
         self._extra_args = list(extra_args or [])
         names = [f"m{i}" for i in range(1, size + 1)]
         ports = {n: (free_port(), free_port()) for n in names}
-        initial = ",".join(f"{n}=http://127.0.0.1:{ports[n][1]}" for n in names)
+        initial = ",".join(f"{n}=http://127.0.0.1:{self.advertised_peer_port(n, ports[n][1])}"
+                           for n in names)
         for n in names:
             self.members.append(self._member(n, *ports[n], initial))
         self.election_s = election_ms / 1000
@@ -189,8 +211,9 @@ class ProcessCluster:
         """``initial_cluster`` None: the name and the initial-cluster flags are left to the
         ``DISCOVERD_*`` environment (``MemberProcess.env``)."""
         data_dir = self.root / f"{name}.discoverd"
+        aport = self.advertised_peer_port(name, pport)
         identity = [] if initial_cluster is None else [
-            "--name", name, "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+            "--name", name, "--initial-advertise-peer-urls", f"http://127.0.0.1:{aport}",
             "--initial-cluster", initial_cluster]
         args = [
             *identity, "--data-dir", str(data_dir),
@@ -201,7 +224,50 @@ class ProcessCluster:
             *self._timing, *self._extra_args, *extra,
         ]
         return MemberProcess(name, cport, pport, data_dir, args,
-                             log_path=self.root / f"{name}.log")
+                             log_path=self.root / f"{name}.log",
+                             advertised_peer_port=aport if aport != pport else 0)
+
+    def advertised_peer_port(self, name: str, peer_port: int) -> int:
+        """The peer port member ``name``, listening on ``peer_port``, advertises:
+        ``peer_port`` itself, or with peer proxies that of its proxy (made on first use).
+        With proxies, call it before ``member add`` to learn the URL to add, then
+        ``new_member(name, peer_port=peer_port, ...)``."""
+        if self.faults is None:
+            return peer_port
+        proxy = self._proxies.get(name)
+        if proxy is None:
+            proxy = self._proxies[name] = self.faults.add_proxy(peer_port, name=name)
+        assert proxy.target[1] == peer_port, f"{name}'s proxy forwards to {proxy.target[1]}"
+        return proxy.port
+
+    def member_id(self, m: MemberProcess) -> int:
+        """``m``'s member id, asked of ``m`` once (bounded wait) and remembered. A member
+        that is not running and was never asked: the id its flags derive (what it starts
+        with when its data directory is new)."""
+        mid = self._member_ids.get(m.name)
+        if mid is None:
+            if not m.running and "--initial-advertise-peer-urls" in m.args:
+                urls = m.args[m.args.index("--initial-advertise-peer-urls") + 1]
+                return member_id_for(m.name, urls.split(","), self.token)
+            mid = int(wait_for(f"{m.name} to tell its member id",
+                               lambda: m.status()["header"]["member_id"]))
+            self._member_ids[m.name] = mid
+        return mid
+
+    def member_by_id(self, member_id: int) -> MemberProcess:
+        """The member whose id is ``member_id`` (asking, once, each running member whose id
+        is not known yet)."""
+        for m in self.members:
+            if m.name not in self._member_ids and m.running:
+                with contextlib.suppress(OSError, ClientFailure, KeyError):
+                    self._member_ids[m.name] = int(m.status()["header"]["member_id"])
+            if self._member_ids.get(m.name) == member_id:
+                return m
+        raise KeyError(f"no member has id {member_id}")
+
+    def peer_proxy(self, m: MemberProcess) -> PeerProxy:
+        """The proxy in front of ``m``'s peer port (``peer_proxies=True`` only)."""
+        return self._proxies[m.name]
 
     def new_member(self, name: str, *extra: str, peer_port: int | None = None,
                    client_port: int | None = None, initial_cluster: str | None = None,
@@ -213,13 +279,14 @@ class ProcessCluster:
         of ``members`` plus this one). Appended to ``members``; ``name`` must be new."""
         assert all(m.name != name for m in self.members), f"{name} exists"
         cport, pport = client_port or free_port(), peer_port or free_port()
+        aport = self.advertised_peer_port(name, pport)
         if env is not None:
             m = self._member(name, cport, pport, None, *extra)
             m.env = dict(env)
         else:
             if initial_cluster is None:
                 initial_cluster = ",".join([*(f"{m.name}={peer_url(m)}" for m in self.members),
-                                            f"{name}=http://127.0.0.1:{pport}"])
+                                            f"{name}=http://127.0.0.1:{aport}"])
             m = self._member(name, cport, pport, initial_cluster,
                              "--initial-cluster-state", "existing", *extra)
         self.members.append(m)
@@ -252,7 +319,7 @@ class ProcessCluster:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **m.env}
         log = m.log_path.open("ab")
         m.proc = subprocess.Popen(
-            [sys.executable, "-m", "discoverd.cli", "serve", *m.args, *extra],
+            [sys.executable, *m.launcher, "serve", *m.args, *extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         log.close()
@@ -293,6 +360,17 @@ class ProcessCluster:
                     m.proc.send_signal(signal.SIGCONT)
                 m.proc.kill()
                 m.proc.wait(10)
+        if self.faults is not None:
+            self.faults.close()
+
+    def print_log_tails(self, lines: int = 40) -> None:
+        """Print the end of every member's log: a test fixture's teardown calls it, so a
+        failure report shows what the members were doing (pytest prints captured output
+        only for failures)."""
+        for m in self.members:
+            tail = m.log_text().splitlines()[-lines:]
+            print(f"----- {m.log_path} (last {len(tail)} lines)")
+            print("\n".join(tail))
 
     # -- observation
 

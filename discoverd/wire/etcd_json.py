@@ -682,6 +682,7 @@ _ERRORS: dict[str, tuple[GrpcCode, str | None]] = {
     "unavailable": (_G.UNAVAILABLE, None),
     "snapshot_unavailable": (_G.UNAVAILABLE, None),
     "no_space": (_G.RESOURCE_EXHAUSTED, None),
+    "disk_full": (_G.UNAVAILABLE, None),
     "member_not_found": (_G.NOT_FOUND, None),
     "member_exists": (_G.FAILED_PRECONDITION, None),
     "peer_url_exists": (_G.FAILED_PRECONDITION, None),

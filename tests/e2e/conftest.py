@@ -35,7 +35,4 @@ def clusters(tmp_path: Path) -> Iterator[MakeCluster]:
         for c in made:
             c.close()
         for c in made:
-            for m in c.members:
-                tail = m.log_text().splitlines()[-40:]
-                print(f"----- {m.log_path} (last {len(tail)} lines)")
-                print("\n".join(tail))
+            c.print_log_tails(40)

@@ -260,9 +260,12 @@ def test_ten_thousand_leases_expire_at_once_without_losing_the_leader(tmp_path: 
                 cl.send_raw(cbor2.dumps({"id": n + i + 1, "op": "put", "key": b"/l/%05d" % i,
                                          "value": b"v", "lease": ids[i + 1]}))
             for _ in range(n):
+                # A put on a lease that had already expired would fail (lease not found):
+                # every key was attached to a live lease. (Counting the keys afterwards would
+                # race the first expiries when the machine is busy.)
                 assert "ok" in cl.read_frame()
             term = cl.status()["raft_term"]
-            assert cl.call("range", key=b"/l/", range_end=b"/l0", count_only=True)["count"] == n
+            assert cl.call("range", key=b"/l/", range_end=b"/l0", count_only=True)["count"] > 0
         def all_gone() -> bool:
             with NativeClient(leader.client_port, timeout=10) as cl:
                 return cl.call("range", key=b"/l/", range_end=b"/l0",

@@ -272,6 +272,7 @@ def test_dumps_escapes_as_go_does() -> None:
     ("too_many_ops", "etcdserver: too many operations in txn request", 400, 3, None),
     ("request_too_large", "frame of 9 bytes", 400, 3, "etcdserver: request is too large"),
     ("no_space", "etcdserver: mvcc: database space exceeded", 403, 8, None),
+    ("disk_full", "the disk of this member's data directory is full", 503, 14, None),
     ("member_not_found", "etcdserver: member not found", 404, 5, None),
     ("not_leader", "etcdserver: no leader", 503, 14, None),
     ("timeout", "no answer within 5s", 503, 14, None),
