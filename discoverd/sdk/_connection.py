@@ -249,6 +249,12 @@ class Connection:
         try:
             with anyio.fail_after(dial_timeout):
                 stream = await anyio.connect_tcp(endpoint.host, endpoint.port)
+                if (stream.extra(anyio.abc.SocketAttribute.local_address)
+                        == stream.extra(anyio.abc.SocketAttribute.remote_address)):
+                    # A dial to a local port with no listener that the kernel answered by
+                    # connecting the socket to itself (TCP simultaneous open): it would hold
+                    # the member's port and stop it from restarting. It is a refusal.
+                    raise ConnectionRefusedError("connected to itself: no listener")
                 await stream.send(MAGIC)
         except TimeoutError:
             if stream is not None:

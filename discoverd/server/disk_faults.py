@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from discoverd.storage.fs import FileHandle, FileSystem
+from discoverd.storage.fs import FileHandle, FileSystem, ForwardingFS
 
 SLOW_SYNC_ENV = "DISCOVERD_TEST_WAL_SLOW_SYNC_MS"
 ENOSPC_FILE_ENV = "DISCOVERD_TEST_ENOSPC_FILE"
@@ -72,12 +72,12 @@ class _FaultyHandle:
         self._inner.close()
 
 
-class FaultyFS:
+class FaultyFS(ForwardingFS):
     """A ``FileSystem`` that forwards to another one and injects the faults above."""
 
     def __init__(self, inner: FileSystem, *, slow_sync_ms: float = 0.0,
                  enospc_file: str | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.slow_sync_ms = slow_sync_ms
         self.enospc_file = enospc_file
         self._rng = random.Random(os.getpid())
@@ -94,30 +94,3 @@ class FaultyFS:
 
     def open_append(self, path: str) -> FileHandle:
         return _FaultyHandle(self.inner.open_append(path), path, self)
-
-    def makedirs(self, path: str) -> None:
-        self.inner.makedirs(path)
-
-    def listdir(self, path: str) -> list[str]:
-        return self.inner.listdir(path)
-
-    def exists(self, path: str) -> bool:
-        return self.inner.exists(path)
-
-    def file_size(self, path: str) -> int:
-        return self.inner.file_size(path)
-
-    def read_file(self, path: str) -> bytes:
-        return self.inner.read_file(path)
-
-    def rename(self, src: str, dst: str) -> None:
-        self.inner.rename(src, dst)
-
-    def remove(self, path: str) -> None:
-        self.inner.remove(path)
-
-    def truncate(self, path: str, size_bytes: int) -> None:
-        self.inner.truncate(path, size_bytes)
-
-    def fsync_dir(self, path: str) -> None:
-        self.inner.fsync_dir(path)

@@ -50,6 +50,7 @@ a callback is a bug in the caller and propagates (it stops the member rather tha
 
 from __future__ import annotations
 
+import errno
 import math
 import random
 from collections import deque
@@ -522,6 +523,7 @@ class PeerTransport:
         try:
             with trio.fail_after(self._dial_timeout):
                 stream = await trio.open_tcp_stream(host, port)
+                refuse_self_connection(stream.socket)
                 await stream.send_all(encode_frame(cbor2.dumps(hello)))
                 frame = await _receive_frame(stream, FrameDecoder(_HANDSHAKE_FRAME_BYTES))
             answer = _loads(frame, "handshake answer")
@@ -903,6 +905,23 @@ class PeerTransport:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def refuse_self_connection(sock: Any) -> None:
+    """Raise ``ConnectionRefusedError`` if ``sock`` is connected to itself.
+
+    Dialling a local port nobody listens on can succeed anyway: when the kernel picks that
+    very port as the source port, TCP's simultaneous open connects the socket to itself. The
+    dialler then holds the dead peer's port, so the peer cannot bind it when it restarts —
+    seen in the fault suite as a restarted member failing with "address already in use".
+    Treated as what it is, a refused connection; closing it frees the port at once.
+    """
+    try:
+        itself = sock.getsockname() == sock.getpeername()
+    except OSError:
+        return
+    if itself:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "connected to itself: no listener")
 
 
 async def _receive_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> bytes:

@@ -103,6 +103,44 @@ class FileSystem(Protocol):
 # ----------------------------------------------------------------------------- helpers
 
 
+class ForwardingFS:
+    """A ``FileSystem`` that forwards every call to ``inner``: the base of wrappers that
+    change a few calls (fault hooks, call counters) and must pass the rest through."""
+
+    def __init__(self, inner: FileSystem) -> None:
+        self.inner = inner
+
+    def makedirs(self, path: str) -> None:
+        self.inner.makedirs(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return self.inner.listdir(path)
+
+    def exists(self, path: str) -> bool:
+        return self.inner.exists(path)
+
+    def file_size(self, path: str) -> int:
+        return self.inner.file_size(path)
+
+    def read_file(self, path: str) -> bytes:
+        return self.inner.read_file(path)
+
+    def open_append(self, path: str) -> FileHandle:
+        return self.inner.open_append(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.inner.rename(src, dst)
+
+    def remove(self, path: str) -> None:
+        self.inner.remove(path)
+
+    def truncate(self, path: str, size_bytes: int) -> None:
+        self.inner.truncate(path, size_bytes)
+
+    def fsync_dir(self, path: str) -> None:
+        self.inner.fsync_dir(path)
+
+
 def ensure_dir(fs: FileSystem, path: str) -> None:
     """``mkdir -p`` whose result survives a crash.
 

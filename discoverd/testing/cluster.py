@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import signal
 import socket
 import struct
@@ -45,7 +46,30 @@ class ClientFailure(Exception):
         self.leader = leader
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, chosen *below* the kernel's ephemeral range when
+    there is room. A port from that range (what binding port 0 gives) can be taken by any
+    outgoing connection's source port between this call and the member binding it — or
+    after the member dies, before it restarts — and a restarted member then fails with
+    "address already in use"."""
+    low, _ = _ephemeral_ports()
+    rng = random.SystemRandom()  # parallel test workers must not draw the same sequence
+    for _ in range(100 if low > 11000 else 0):
+        port = rng.randrange(10000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

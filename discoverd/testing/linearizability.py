@@ -1,7 +1,7 @@
 """A linearizability checker for histories of register operations recorded against a live cluster.
 
-Fault-injection tests run many clients against discoverd while nodes crash, partitions come and
-go and clocks misbehave; afterwards the question is whether every answer the clients got is
+Fault-injection tests run many clients against discoverd while members crash, pause and are
+cut off from each other; afterwards the question is whether every answer the clients got is
 explained by *some* single-copy execution. That is linearizability (Herlihy & Wing 1990): there
 must be a total order of the operations, consistent with real time (an operation that returned
 before another was called comes first) and with the sequential specification of the object,

@@ -64,6 +64,8 @@ from typing import TYPE_CHECKING, Any
 
 import cbor2
 
+from discoverd.server.transport import refuse_self_connection
+
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -472,6 +474,11 @@ class _Connection:
         try:
             upstream = socket.create_connection(target, timeout=_CONNECT_TIMEOUT)
         except OSError:
+            return
+        try:
+            refuse_self_connection(upstream)  # a dead member's port, held by ourselves
+        except OSError:
+            _close(upstream)
             return
         with self._cond:
             self.upstream = upstream

@@ -11,6 +11,8 @@ import contextlib
 import socket
 import threading
 
+from discoverd.server.transport import refuse_self_connection
+
 
 class TcpProxy:
     def __init__(self, target_port: int, *, host: str = "127.0.0.1") -> None:
@@ -59,8 +61,14 @@ class TcpProxy:
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                _close(client)
+                continue
+            try:
+                refuse_self_connection(upstream)  # a stopped target's port, held by us
                 upstream.settimeout(None)
             except OSError:
+                _close(upstream)
                 _close(client)
                 continue
             with self._lock:

@@ -30,7 +30,7 @@ from discoverd.consensus.messages import (
     SnapshotMeta,
 )
 from discoverd.errors import ClientError
-from discoverd.server.transport import PROTO, PeerTransport
+from discoverd.server.transport import PROTO, PeerTransport, refuse_self_connection
 from discoverd.wire.framing import FrameDecoder, encode_frame
 from discoverd.wire.peer_codec import encode_message
 
@@ -540,3 +540,21 @@ def test_bad_limits_are_refused() -> None:
         Member(1, queue_limit=0)
     with pytest.raises(ClientError):
         Member(1, chunk_bytes=1024, max_frame_bytes=1024)
+
+
+def test_a_dial_that_connected_to_itself_counts_as_refused() -> None:
+    """Regression (found by the fault suite): dialling a dead member's port can connect the
+    socket to itself (TCP simultaneous open, when the kernel picks that port as the source
+    port); the dialler then held the port and the member could not restart ("address
+    already in use"). Such a connection is refused and closed; a real one is not."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.connect(("127.0.0.1", s.getsockname()[1]))  # no listener: it meets itself
+        assert s.getsockname() == s.getpeername()
+        with pytest.raises(ConnectionRefusedError, match="itself"):
+            refuse_self_connection(s)
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as client:
+        refuse_self_connection(client)  # a real peer: nothing raised
+    with socket.socket() as unconnected:
+        refuse_self_connection(unconnected)  # not connected: nothing to refuse

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from discoverd.consensus.messages import Entry, HardState, Snapshot
 from discoverd.consensus.storage import LogStorage
-from discoverd.storage.fs import FileHandle, FileSystem
+from discoverd.storage.fs import FileHandle, FileSystem, ForwardingFS
 from discoverd.storage.wal import FRAME_HEADER_BYTES, read_frame
 
 
@@ -32,11 +32,11 @@ class _CountingHandle:
         self._inner.close()
 
 
-class CountingFS:
+class CountingFS(ForwardingFS):
     """Forwards to ``inner`` and counts calls by name (``write``/``fsync`` are per handle)."""
 
     def __init__(self, inner: FileSystem) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.counts: collections.Counter[str] = collections.Counter()
 
     def reset(self) -> None:
@@ -45,18 +45,6 @@ class CountingFS:
     def makedirs(self, path: str) -> None:
         self.counts["makedirs"] += 1
         self.inner.makedirs(path)
-
-    def listdir(self, path: str) -> list[str]:
-        return self.inner.listdir(path)
-
-    def exists(self, path: str) -> bool:
-        return self.inner.exists(path)
-
-    def file_size(self, path: str) -> int:
-        return self.inner.file_size(path)
-
-    def read_file(self, path: str) -> bytes:
-        return self.inner.read_file(path)
 
     def open_append(self, path: str) -> FileHandle:
         self.counts["open_append"] += 1
