@@ -177,6 +177,10 @@ class LeaseService:
     async def _leader_op(self, op: dict[str, Any]) -> dict[str, Any]:
         if self.core.is_leader:
             await self._await_primary()
+            committed = self.core.node.raft.log.committed
+            await self._await_applied(committed)
+            if self.core.applied < committed:
+                raise Unavailable("the leader is still applying committed entries; retry")
             return self._serve_locally(op)
         leader = self.core.leader
         if not leader:
@@ -239,15 +243,26 @@ class LeaseService:
                 waiter[0].set()
             return
         applied = body.get("applied", 0)
-        if type(applied) is int and applied > self.core.applied and self._nursery is not None:
-            self._nursery.start_soon(self._answer_when_applied, msg.src, body, applied)
+        # Everything committed when the op arrives must be applied before it is answered: a
+        # lease granted through another member is committed (its client was answered) but
+        # the leader may apply it after that member did — a keep-alive must not find "no
+        # such lease" then. And as much as the forwarding member applied, so that a
+        # client's own write acknowledged there is seen.
+        target = max(applied if type(applied) is int else 0, self.core.node.raft.log.committed)
+        body["applied"] = target
+        if target > self.core.applied and self._nursery is not None:
+            self._nursery.start_soon(self._answer_when_applied, msg.src, body, target)
             return
         self._answer_forwarded(msg.src, body)
 
-    async def _answer_when_applied(self, src: int, body: dict[str, Any], applied: int) -> None:
+    async def _await_applied(self, index: int) -> None:
+        """Until this member has applied ``index`` (bounded by ``FORWARD_TIMEOUT``)."""
         with trio.move_on_after(FORWARD_TIMEOUT):
-            while self.core.applied < applied:
+            while self.core.applied < index:
                 await self._applied_changed.wait()
+
+    async def _answer_when_applied(self, src: int, body: dict[str, Any], applied: int) -> None:
+        await self._await_applied(applied)
         self._answer_forwarded(src, body)  # a late answer is fine: the follower drops it
 
     def _answer_forwarded(self, src: int, body: dict[str, Any]) -> None:

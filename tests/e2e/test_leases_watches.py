@@ -398,3 +398,36 @@ def test_lease_reads_through_a_follower_see_the_clients_own_writes(
             c.call("lease_revoke", lease=lease)
             assert c.call("lease_timetolive", lease=lease)["ttl"] == -1
             assert c.call("lease_keepalive", lease=lease)["ttl"] == 0
+
+
+
+def test_a_lease_granted_through_one_follower_is_known_at_once_through_the_other(
+    tmp_path: Path,
+) -> None:
+    """Regression: a keep-alive forwarded by one follower right after another follower
+    answered the grant could reach the leader before the leader had *applied* the grant (the
+    grant is committed — its client was answered — but the leader may apply it after the
+    followers did): the leader answered TTL 0, "no such lease". Made likelier here by a
+    leader whose WAL writes are slow (the test hook), so it can apply after its followers.
+    The leader now applies everything committed when a lease op arrives before answering."""
+    with ProcessCluster(tmp_path, 3) as c:
+        slow = c.members[0]
+        slow.env = {"DISCOVERD_TEST_WAL_SLOW_SYNC_MS": "300"}
+        c.start_all()
+        c.wait_for_leader()
+        slow_id = c.wait_ready(slow)["header"]["member_id"]
+
+        def slow_leads() -> bool:
+            lead = c.leader()
+            if lead is not None and lead is not slow:
+                with lead.client(timeout=10) as cl:  # may time out while it catches up
+                    cl.call("move_leader", target=slow_id)
+            return c.leader() is slow
+
+        wait_for("the slow member to lead", slow_leads, timeout=60, interval=0.2)
+        a, b = c.members[1], c.members[2]
+        with a.client(timeout=10) as ca, b.client(timeout=10) as cb:
+            for _ in range(60):
+                lease = ca.call("lease_grant", ttl=30)["id"]
+                assert cb.call("lease_keepalive", lease=lease)["ttl"] == 30
+                assert cb.call("lease_timetolive", lease=lease)["granted_ttl"] == 30
