@@ -393,3 +393,108 @@ class BadLeaderTransferee(ClientError):
 
     def __init__(self, message: str = "etcdserver: bad leader transferee") -> None:
         super().__init__(message)
+
+
+# --- security (DESIGN §12, docs/security.md): authentication, authorization and limits. ---
+
+
+class Unauthenticated(ClientError):
+    """Authentication is enabled and the request carried no token (nor a client certificate
+    naming a user): authenticate first (``--user``; ``Authorization`` over HTTP)."""
+
+    code = "unauthenticated"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (
+            "etcdserver: user name is empty: authentication is enabled, "
+            "authenticate first (--user NAME)"))
+
+
+class InvalidAuthToken(ClientError):
+    """The token is not one this cluster issued, has expired, or was issued before its
+    user's password changed or auth was re-enabled: authenticate again (the SDK does)."""
+
+    code = "invalid_auth_token"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or "etcdserver: invalid auth token")
+
+
+class AuthFailed(ClientError):
+    """Wrong user name or password (one message for both: which one is wrong is not told)."""
+
+    code = "auth_failed"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or
+                         "etcdserver: authentication failed, invalid user ID or password")
+
+
+class PermissionDenied(ClientError):
+    """The authenticated user's roles do not grant what the request needs."""
+
+    code = "permission_denied"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or "etcdserver: permission denied")
+
+
+class AuthNotEnabled(ClientError):
+    code = "auth_not_enabled"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or "etcdserver: authentication is not enabled")
+
+
+class AuthOldRevision(Unavailable):
+    """The auth state changed between a request's permission check and its apply; the
+    member checks it again and re-proposes (clients only see it if that keeps happening)."""
+
+    code = "auth_old_revision"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or "etcdserver: revision of auth store is old")
+
+
+class AuthManagementError(ClientError):
+    """A user or role operation that the auth store refuses; ``code`` is set per case
+    (``user_exists``, ``user_not_found``, ``role_exists``, ``role_not_found``,
+    ``role_not_granted``, ``permission_not_granted``, ``root_user_not_exist``,
+    ``root_role_not_exist``, ``invalid_auth_mgmt``, ``user_empty``, ``role_empty``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TooManyRequests(ClientError):
+    """A connection sent requests faster than ``--max-requests-per-second`` allows; retry
+    after ``retry_after`` seconds (the SDK does)."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 0.0) -> None:
+        super().__init__(message or "etcdserver: too many requests")
+        self.retry_after = retry_after
+
+    def details(self) -> dict[str, Any]:
+        return {"retry_after": self.retry_after} if self.retry_after else {}
+
+
+class KeyTooLarge(ClientError):
+    """A key (or range end) is longer than ``--max-key-bytes``."""
+
+    code = "key_too_large"
+
+
+class ValueTooLarge(ClientError):
+    """A value is longer than ``--max-value-bytes``."""
+
+    code = "value_too_large"
+
+
+class TooManyStreams(ClientError):
+    """A connection has ``--max-concurrent-streams`` streams open (watches, keep-alives,
+    snapshots); close one or open another connection."""
+
+    code = "too_many_streams"

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
-GLOBAL_NAMES = ("endpoints", "dial_timeout", "command_timeout", "write_out", "hex_")
+GLOBAL_NAMES = ("endpoints", "dial_timeout", "command_timeout", "write_out", "hex_",
+                "cacert", "cert", "key", "user", "password")
 
 
 def parse_int(text: str, *, base: int = 10, what: str = "") -> int:
@@ -93,6 +94,12 @@ class Globals:
     command_timeout: float
     write_out: str
     hex: bool
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    user: str | None = None
+    """``NAME`` or ``NAME:PASSWORD`` (etcdctl's ``--user``)."""
+    password: str | None = None
 
     @classmethod
     def resolve(cls, ctx: click.Context) -> Globals:
@@ -120,10 +127,26 @@ class Globals:
         return cls(endpoints=endpoints,
                    dial_timeout=parse_duration(str(merged["dial_timeout"])),
                    command_timeout=parse_duration(str(merged["command_timeout"])),
-                   write_out=str(merged["write_out"]), hex=bool(merged["hex_"]))
+                   write_out=str(merged["write_out"]), hex=bool(merged["hex_"]),
+                   cacert=merged["cacert"], cert=merged["cert"], key=merged["key"],
+                   user=merged["user"], password=merged["password"])
 
     def printer(self, *, value_only: bool = False) -> Printer:
         return Printer(self.write_out, hex_keys=self.hex, value_only=value_only)
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """``--user NAME:PASSWORD``, or ``--user NAME`` with ``--password`` (else asked on
+        the terminal, as etcdctl does)."""
+        if not self.user:
+            return None, None
+        name, sep, password = self.user.partition(":")
+        if not name:
+            raise CliError("--user needs a user name")
+        if sep:
+            return name, password
+        if self.password is not None:
+            return name, self.password
+        return name, click.prompt("Password", hide_input=True, err=True)
 
     @contextmanager
     def client(self, endpoints: tuple[str, ...] | None = None) -> Iterator[Client]:
@@ -132,8 +155,10 @@ class Globals:
 
         if self.dial_timeout <= 0 or self.command_timeout <= 0:
             raise CliError("--dial-timeout and --command-timeout must be positive")
+        user, password = self.credentials()
         with Client(list(endpoints or self.endpoints), dial_timeout=self.dial_timeout,
-                    command_timeout=self.command_timeout) as client:
+                    command_timeout=self.command_timeout, user=user, password=password,
+                    cacert=self.cacert, cert=self.cert, key=self.key) as client:
             yield client
 
 
@@ -161,6 +186,16 @@ def global_options(*, root: bool) -> Callable[[F], F]:
             click.option("--hex", "hex_", is_flag=True, envvar=env("HEX"),
                          default=False if root else None,
                          help="Print keys and values as hex-escaped byte strings."),
+            click.option("--cacert", envvar=env("CACERT"), default=None,
+                         help="Verify members' TLS certificates with this CA bundle."),
+            click.option("--cert", envvar=env("CERT"), default=None,
+                         help="Client TLS certificate (for --client-cert-auth members)."),
+            click.option("--key", envvar=env("KEY"), default=None,
+                         help="Private key of --cert."),
+            click.option("--user", envvar=env("USER"), default=None,
+                         help="NAME[:PASSWORD] to authenticate as (auth enabled)."),
+            click.option("--password", envvar=env("PASSWORD"), default=None,
+                         help="Password of --user (instead of NAME:PASSWORD)."),
         ]
         for option in reversed(options):
             f = option(f)

@@ -64,6 +64,7 @@ from discoverd.sdk._services import (
     health_set,
     pick_from,
 )
+from discoverd.sdk._tls import TlsFiles
 from discoverd.sdk._types import (
     BytesLike,
     Compare,
@@ -163,6 +164,11 @@ class AsyncClient:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         watch_buffer: int = DEFAULT_WATCH_BUFFER,
         cache_dir: str | os.PathLike[str] | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        cacert: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
     ) -> None:
         if dial_timeout <= 0 or command_timeout <= 0:
             raise ClientError("dial_timeout and command_timeout must be positive")
@@ -181,6 +187,10 @@ class AsyncClient:
         self._closed = False
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._cache: ConfigCache | None = None
+        self.user = user
+        self._password = password
+        """Kept to authenticate again when a token expires or on another member."""
+        self.tls = TlsFiles.of(cacert=cacert, cert=cert, key=key)
         self._closables: dict[Any, None] = {}
         """Registrations, pickers and config handles still open (an ordered set): closed by
         ``aclose`` before the connection goes, so that a closing client deregisters."""

@@ -105,13 +105,20 @@ class Client:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         watch_buffer: int = DEFAULT_WATCH_BUFFER,
         cache_dir: str | os.PathLike[str] | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        cacert: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
     ) -> None:
         # Build (and validate) the async client first, so a bad argument raises before any
         # thread is started.
         self._async = AsyncClient(endpoints, dial_timeout=dial_timeout,
                                   command_timeout=command_timeout,
                                   max_request_bytes=max_request_bytes,
-                                  watch_buffer=watch_buffer, cache_dir=cache_dir)
+                                  watch_buffer=watch_buffer, cache_dir=cache_dir,
+                                  user=user, password=password,
+                                  cacert=cacert, cert=cert, key=key)
         self._stack = contextlib.ExitStack()
         try:
             self._portal: BlockingPortal = self._stack.enter_context(

@@ -96,6 +96,25 @@ class MemberConfig:
     auto_compaction_watch_bound: int = 100_000
     log_format: str = "console"
     log_level: str = "info"
+    # -- TLS (docs/security.md): an https:// URL needs cert_file/key_file (peer_* for peers)
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    peer_client_cert_auth: bool = False
+    # -- authentication
+    auth_token_ttl: int = 300
+    bcrypt_cost: int = 10
+    # -- limits on what one client may ask (DESIGN §12)
+    max_key_bytes: int = 8 * 1024
+    max_value_bytes: int = 1536 * 1024
+    max_concurrent_streams: int = 1000
+    client_idle_timeout_ms: int = 300_000
+    client_write_timeout_ms: int = 30_000
+    max_requests_per_second: int = 50_000
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -135,6 +154,36 @@ class MemberConfig:
                               "--experimental-auto-compaction-watch-bound must be >= 0")
         if self.log_format not in ("console", "json"):
             raise ClientError("--log-format must be 'console' or 'json'")
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        if self.auth_token_ttl <= 0:
+            raise ClientError("--auth-token-ttl must be positive")
+        if not 4 <= self.bcrypt_cost <= 31:
+            raise ClientError("--bcrypt-cost must be between 4 and 31")
+        for flag, value in (("--max-key-bytes", self.max_key_bytes),
+                            ("--max-value-bytes", self.max_value_bytes),
+                            ("--max-concurrent-streams", self.max_concurrent_streams)):
+            if value <= 0:
+                raise ClientError(f"{flag} must be positive")
+        for flag, value in (("--client-idle-timeout", self.client_idle_timeout_ms),
+                            ("--client-write-timeout", self.client_write_timeout_ms),
+                            ("--max-requests-per-second", self.max_requests_per_second)):
+            if value < 0:
+                raise ClientError(f"{flag} must be >= 0 (0: no limit)")
+        for role, urls, cert, key in (
+                ("client", self.listen_client_urls, self.cert_file, self.key_file),
+                ("peer", self.listen_peer_urls, self.peer_cert_file, self.peer_key_file)):
+            prefix = "--" if role == "client" else "--peer-"
+            if bool(cert) != bool(key):
+                raise ClientError(f"{prefix}cert-file and {prefix}key-file go together")
+            if any(u.strip().startswith("https://") for u in urls.split(",")) and not cert:
+                raise ClientError(f"an https:// {role} URL needs {prefix}cert-file and "
+                                  f"{prefix}key-file")
+        if self.client_cert_auth and not self.trusted_ca_file:
+            raise ClientError("--client-cert-auth needs --trusted-ca-file")
+        if self.peer_client_cert_auth and not self.peer_trusted_ca_file:
+            raise ClientError("--peer-client-cert-auth needs --peer-trusted-ca-file")
 
     # -- derived
 

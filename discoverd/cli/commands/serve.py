@@ -14,8 +14,24 @@ def _flag(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """An option named as etcd's, with a ``DISCOVERD_*`` environment variable."""
     env = "DISCOVERD_" + name.upper().replace("-", "_")
+    if kind is bool:  # a switch, as etcd's: --client-cert-auth (env: true/false)
+        return click.option(f"--{name}", is_flag=True, default=default, envvar=env,
+                            show_envvar=True, help=help_text)
     return click.option(f"--{name}", default=default, type=kind, envvar=env,
                         show_default=True, show_envvar=True, help=help_text)
+
+
+_FIELDS = {
+    "heartbeat_interval": "heartbeat_interval_ms",
+    "election_timeout": "election_timeout_ms",
+    "experimental_snapshot_catchup_entries": "snapshot_catchup_entries",
+    "experimental_watch_progress_notify_interval": "watch_progress_notify_interval_ms",
+    "experimental_auto_compaction_check_interval": "auto_compaction_check_interval_ms",
+    "experimental_auto_compaction_watch_bound": "auto_compaction_watch_bound",
+    "client_idle_timeout": "client_idle_timeout_ms",
+    "client_write_timeout": "client_write_timeout_ms",
+}
+"""Flags whose MemberConfig field has another name (the rest match with '-' → '_')."""
 
 
 @click.command()
@@ -48,6 +64,29 @@ def _flag(
        "checks; 0: retention/10 (periodic, at most 6 min) or 5 min (revision), as etcd.", int)
 @_flag("experimental-auto-compaction-watch-bound", 100_000, "Compaction never passes a "
        "watcher that still needs history, unless it is this many revisions behind.", int)
+@_flag("cert-file", "", "Client TLS certificate (PEM); needed by https:// client URLs.")
+@_flag("key-file", "", "Client TLS private key (PEM).")
+@_flag("trusted-ca-file", "", "CA bundle (PEM) that client certificates must chain to.")
+@_flag("client-cert-auth", False, "Refuse clients without a certificate from "
+       "--trusted-ca-file (with auth on, the certificate's CN is the user).", bool)
+@_flag("peer-cert-file", "", "Peer TLS certificate (PEM); needed by https:// peer URLs.")
+@_flag("peer-key-file", "", "Peer TLS private key (PEM).")
+@_flag("peer-trusted-ca-file", "", "CA bundle (PEM) that peers' certificates must chain to.")
+@_flag("peer-client-cert-auth", False, "Refuse peers without a certificate from "
+       "--peer-trusted-ca-file (mutual TLS between members).", bool)
+@_flag("auth-token-ttl", 300, "Seconds an auth token stays valid.", int)
+@_flag("bcrypt-cost", 10, "bcrypt cost (4-31) of stored password hashes.", int)
+@_flag("max-key-bytes", 8 * 1024, "Longest key (or range end) accepted.", int)
+@_flag("max-value-bytes", 1536 * 1024, "Longest value accepted.", int)
+@_flag("max-concurrent-streams", 1000, "Most streams (watch, keep-alive, snapshot) open "
+       "at once on one client connection.", int)
+@_flag("client-idle-timeout", 300_000, "Time (ms) after which a client connection with "
+       "nothing in flight and no stream open is closed; 0: never.", int)
+@_flag("client-write-timeout", 30_000, "Time (ms) a client may take to read an answer "
+       "before its connection is closed (a client that stopped reading); 0: never.", int)
+@_flag("max-requests-per-second", 50_000, "Requests per second one client connection may "
+       "send (bursts of twice that); more are refused with too_many_requests; 0: no bound.",
+       int)
 @_flag("log-format", "console", "Log format.", click.Choice(["console", "json"]))
 @_flag("log-level", "info", "Log level.", click.Choice(["debug", "info", "warning", "error"]))
 def serve(**flags: Any) -> None:
@@ -56,31 +95,7 @@ def serve(**flags: Any) -> None:
     from discoverd.server.config import MemberConfig
     from discoverd.server.member import serve as run
 
-    cfg = MemberConfig(
-        name=flags["name"],
-        data_dir=flags["data_dir"],
-        listen_client_urls=flags["listen_client_urls"],
-        advertise_client_urls=flags["advertise_client_urls"],
-        listen_peer_urls=flags["listen_peer_urls"],
-        initial_advertise_peer_urls=flags["initial_advertise_peer_urls"],
-        initial_cluster=flags["initial_cluster"],
-        initial_cluster_state=flags["initial_cluster_state"],
-        initial_cluster_token=flags["initial_cluster_token"],
-        heartbeat_interval_ms=flags["heartbeat_interval"],
-        election_timeout_ms=flags["election_timeout"],
-        snapshot_count=flags["snapshot_count"],
-        snapshot_catchup_entries=flags["experimental_snapshot_catchup_entries"],
-        quota_backend_bytes=flags["quota_backend_bytes"],
-        max_request_bytes=flags["max_request_bytes"],
-        watch_progress_notify_interval_ms=flags["experimental_watch_progress_notify_interval"],
-        max_watches_per_connection=flags["max_watches_per_connection"],
-        auto_compaction_mode=flags["auto_compaction_mode"],
-        auto_compaction_retention=flags["auto_compaction_retention"],
-        auto_compaction_check_interval_ms=flags["experimental_auto_compaction_check_interval"],
-        auto_compaction_watch_bound=flags["experimental_auto_compaction_watch_bound"],
-        log_format=flags["log_format"],
-        log_level=flags["log_level"],
-    )
+    cfg = MemberConfig(**{_FIELDS.get(flag, flag): value for flag, value in flags.items()})
     try:
         cfg.validate()
         run(cfg)
