@@ -71,6 +71,7 @@ CLI_SERVER_ENTRY = {
     "discoverd.server.config", "discoverd.server.member",  # `serve`
     "discoverd.server.restore",  # `snapshot restore` (writes a data directory)
     "discoverd.testing.sim",  # `sim`
+    "discoverd.tls_certs",  # `dev --tls` (a throwaway CA)
 }
 AGENT_CLI_ENTRY = {"discoverd.cli.__main__"}  # `python -m discoverd.agents` is `discoverd agent`
 

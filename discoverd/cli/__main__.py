@@ -21,6 +21,7 @@ import click
 from discoverd import __version__
 from discoverd.cli.commands.agent import agent
 from discoverd.cli.commands.alarm import alarm
+from discoverd.cli.commands.auth import auth
 from discoverd.cli.commands.compaction import compaction
 from discoverd.cli.commands.config import config
 from discoverd.cli.commands.del_ import del_
@@ -30,11 +31,13 @@ from discoverd.cli.commands.get import get
 from discoverd.cli.commands.lease import lease
 from discoverd.cli.commands.member import member, move_leader
 from discoverd.cli.commands.put import put
+from discoverd.cli.commands.role import role
 from discoverd.cli.commands.serve import serve
 from discoverd.cli.commands.services import services
 from discoverd.cli.commands.sim import sim
 from discoverd.cli.commands.snapshot import snapshot
 from discoverd.cli.commands.txn import txn
+from discoverd.cli.commands.user import user
 from discoverd.cli.commands.watch import watch
 from discoverd.cli.options import global_options
 from discoverd.cli.output import CliError, error_report
@@ -48,7 +51,8 @@ def cli(**_globals: Any) -> None:
 
 
 for _command in (get, put, del_, txn, compaction, watch, lease, member, move_leader,
-                 endpoint, services, config, snapshot, alarm, agent, serve, dev, sim):
+                 endpoint, services, config, snapshot, alarm, auth, user, role, agent, serve,
+                 dev, sim):
     cli.add_command(_command)
 
 

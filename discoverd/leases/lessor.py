@@ -154,6 +154,11 @@ class Lessor:
     def exists(self, lease_id: int) -> bool:
         return lease_id in self._leases
 
+    def keys_of(self, lease_id: int) -> list[bytes]:
+        """The keys attached to a lease (none if there is no such lease)."""
+        lease = self._leases.get(lease_id)
+        return sorted(lease.keys) if lease is not None else []
+
     def get(self, lease_id: int) -> Lease | None:
         return self._leases.get(lease_id)
 

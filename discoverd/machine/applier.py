@@ -14,9 +14,13 @@ Commands: the client writes (``put``, ``delete_range``, ``txn``, ``compact``,
 (remaining TTLs, see ``leases/lessor.py``); and the member table's two (``member_update``:
 new peer URLs; ``member_attributes``: a member publishing its name and client URLs), which
 only the membership service proposes. Membership (``CONF_CHANGE``) entries update the member
-table too (``machine/members.py``).
+table too (``machine/members.py``). The auth commands (``machine/auth.py`` ``AUTH_OPS``)
+change users and roles. A client command carries the auth revision its permissions were
+judged at (``_auth_rev``); at any other revision it fails with ``auth_old_revision`` and its
+member judges it again.
 
-The replicated state is the store, the leases' replicated half and the member table. The
+The replicated state is the store, the leases' replicated half, the member table and the
+auth store. The
 lessor's primary half and the watch hub are local to this member: they are driven from here
 because they must see every change in apply order, but nothing they hold goes into a
 snapshot.
@@ -31,7 +35,14 @@ from typing import Any
 import cbor2
 
 from discoverd.consensus.messages import ConfChange, Entry, EntryKind
-from discoverd.errors import ClientError, CorruptData, DiscoverdError, NoSpace
+from discoverd.errors import (
+    AuthOldRevision,
+    ClientError,
+    CorruptData,
+    DiscoverdError,
+    NoSpace,
+    PermissionDenied,
+)
 from discoverd.kv.requests import (
     CompactionRequest,
     DeleteRangeRequest,
@@ -44,6 +55,7 @@ from discoverd.kv.store import MvccStore
 from discoverd.kv.watch import WatchHub
 from discoverd.leases.lessor import Lessor
 from discoverd.machine.alarms import NOSPACE, Alarms
+from discoverd.machine.auth import AUTH_OPS, AUTH_REV_FIELD, AUTH_USER_FIELD, AuthStore
 from discoverd.machine.members import MemberInfo, MemberTable, Seed
 from discoverd.registry import RegistryHook
 from discoverd.wire.kv_codec import WRITE_OPS, decode_request
@@ -60,9 +72,10 @@ LEASE_WRITE_OPS = ("lease_grant", "lease_revoke")
 INTERNAL_OPS = ("lease_expire", "lease_checkpoint")
 """Commands only the leader's own lease timer proposes; never accepted from a client."""
 
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
 """3 added the member table (``"members"``); a format-2 image has none and is read with
-the table taken from ``--initial-cluster`` (``MemberTable.restore(None)``)."""
+the table taken from ``--initial-cluster`` (``MemberTable.restore(None)``). 4 added the auth
+store (``"auth"``); older images have none: auth off, no users."""
 
 
 class _DryRun(Exception):
@@ -90,6 +103,12 @@ def adds_data(req: Any) -> bool:
                    (op.request_txn is not None and adds_data(op.request_txn))
                    for op in (*req.success, *req.failure))
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChanged:
+    header_revision: int
+    auth_revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +163,8 @@ class KvMachine:
         """The cluster's members (seeded with ``--initial-cluster`` for the founders)."""
         self._term = 0  # the term of the entry being applied (member change log lines)
         self.alarms = Alarms()
+        self.auth = AuthStore()
+        """Users, roles, permissions (``machine/auth.py``); judged by ``server/auth_service``."""
 
     def __repr__(self) -> str:
         return (f"<KvMachine applied={self.applied} revision={self.store.revision}"
@@ -165,6 +186,11 @@ class KvMachine:
             if not isinstance(cmd, dict):
                 raise ClientError("not a command")
             op = cmd.get("op")
+            checked_at = cmd.get(AUTH_REV_FIELD)
+            if checked_at is not None and checked_at != self.auth.revision:
+                # Permissions were judged against an auth state that has changed since:
+                # the proposer judges again (server/auth_service.py) and re-proposes.
+                raise AuthOldRevision()
             if op in WRITE_OPS:
                 req = decode_request(op, cmd)
                 if NOSPACE in self.alarms and adds_data(req):
@@ -172,6 +198,9 @@ class KvMachine:
                 return self._execute(req)
             if op == "lease_grant" and NOSPACE in self.alarms:
                 raise NoSpace()
+            if op in AUTH_OPS:
+                self.auth.apply(cmd)
+                return AuthChanged(self.store.revision, self.auth.revision)
             handler = self._ops.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise ClientError(f"unknown command {op!r}")
@@ -251,7 +280,13 @@ class KvMachine:
             self._changed(events)
 
     def _lease_revoke(self, cmd: dict[str, Any]) -> LeaseRevoked:
-        self._revoke(decode_lease_id(cmd))
+        lease_id = decode_lease_id(cmd)
+        user = cmd.get(AUTH_USER_FIELD)
+        if self.auth.enabled and isinstance(user, str) and not all(
+                self.auth.permitted(user, key, b"", write=True)
+                for key in self.lessor.keys_of(lease_id)):
+            raise PermissionDenied()
+        self._revoke(lease_id)
         return LeaseRevoked(self.store.revision)
 
     def _lease_expire(self, cmd: dict[str, Any]) -> LeasesExpired:
@@ -296,6 +331,7 @@ class KvMachine:
             "leases": self.lessor.to_obj(),
             "alarms": self.alarms.to_obj(),
             "members": self.members.to_obj(),
+            "auth": self.auth.to_obj(),
         })
 
     def restore(self, data: bytes) -> None:
@@ -304,6 +340,7 @@ class KvMachine:
             self.lessor.restore(None, ())
             self.alarms.restore(None)
             self.members.restore(None)
+            self.auth.restore(None)
             self.applied = 0
             self.woken |= self.hub.on_restore()
             return
@@ -319,5 +356,6 @@ class KvMachine:
         self.lessor.restore(leases, attached)
         self.alarms.restore(image.get("alarms"))
         self.members.restore(image.get("members"))
+        self.auth.restore(image.get("auth"))
         self.applied = applied
         self.woken |= self.hub.on_restore()

@@ -37,6 +37,7 @@ from discoverd.errors import (
     ValueProvided,
     WatchNotFound,
 )
+from discoverd.sdk._auth import AuthStatus, Permission
 from discoverd.sdk._client import DEFAULT_ENDPOINT, ENV_ENDPOINTS, AsyncClient
 from discoverd.sdk._cluster import Member, MemberAdded, MemberList
 from discoverd.sdk._config import (
@@ -119,6 +120,7 @@ __all__ = [
     "ENV_CACHE_DIR",
     "ENV_ENDPOINTS",
     "AsyncClient",
+    "AuthStatus",
     "BadRequest",
     "Client",
     "ClientError",
@@ -157,6 +159,7 @@ __all__ = [
     "NoInstances",
     "NotLeader",
     "Op",
+    "Permission",
     "Picker",
     "ProposalDropped",
     "PutResponse",

@@ -32,8 +32,17 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from discoverd.errors import ClientError, NotLeader, RequestTimeout, Unavailable
+from discoverd.errors import (
+    ClientError,
+    InvalidAuthToken,
+    NotLeader,
+    RequestTimeout,
+    TooManyRequests,
+    Unauthenticated,
+    Unavailable,
+)
 from discoverd.sdk import _cluster, _config, _services
+from discoverd.sdk._auth import AuthMixin, TokenKeeper
 from discoverd.sdk._config import (
     DEFAULT_STATUS_TTL,
     ChangeCallback,
@@ -125,7 +134,7 @@ def parse_endpoints(endpoints: Sequence[str] | str | None) -> tuple[Endpoint, ..
     return tuple(parsed)
 
 
-class AsyncClient:
+class AsyncClient(AuthMixin):
     """A client of a discoverd cluster; works under trio and asyncio (anyio).
 
     Use it as an async context manager — it owns a task group for its connection's reader,
@@ -188,8 +197,9 @@ class AsyncClient:
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._cache: ConfigCache | None = None
         self.user = user
-        self._password = password
-        """Kept to authenticate again when a token expires or on another member."""
+        self._auth = TokenKeeper(user, password)
+        """The password and the current token: kept to authenticate again when a token
+        expires (see ``_auth``)."""
         self.tls = TlsFiles.of(cacert=cacert, cert=cert, key=key)
         self._closables: dict[Any, None] = {}
         """Registrations, pickers and config handles still open (an ordered set): closed by
@@ -767,6 +777,7 @@ class AsyncClient:
                 conn = await Connection.open(
                     self._endpoints[index], tg, dial_timeout=self.dial_timeout,
                     send_timeout=self.command_timeout, max_request_bytes=self.max_request_bytes,
+                    token=self._auth.current, tls=self.tls,
                 )
             except DialError:
                 self._index = (index + 1) % len(self._endpoints)
@@ -816,7 +827,10 @@ class AsyncClient:
         retries = 0
         backoff = _BACKOFF_FIRST
         waiting_on: Connection | None = None
+        reauthenticated = False
         with anyio.move_on_after(timeout):
+            if op != "authenticate":
+                await self._auth.ensure(self._authenticate_token)
             while True:
                 try:
                     conn = await self._connect_current()
@@ -830,6 +844,7 @@ class AsyncClient:
                     continue
                 dial_failures = 0
                 waiting_on = conn
+                sent_token = self._auth.token
                 try:
                     answer = await conn.request(op, fields)
                 except ConnectionLost as e:
@@ -847,6 +862,19 @@ class AsyncClient:
                         self._learn(conn.endpoint, ok)
                         return ok, conn.endpoint
                     exc = error_from_wire(answer["err"])
+                    if (isinstance(exc, InvalidAuthToken | Unauthenticated)
+                            and self._auth.has_credentials and not reauthenticated
+                            and op != "authenticate"):
+                        # Refused before it was acted on: safe to send again, writes too.
+                        reauthenticated = True
+                        await self._auth.refresh(self._authenticate_token, sent_token)
+                        continue
+                    if isinstance(exc, TooManyRequests):
+                        # Refused before it was acted on (writes too): wait as the member
+                        # says, then ask it again; the command timeout bounds the waiting.
+                        tried.append(f"{conn.endpoint}: {exc.code}: {exc}")
+                        await anyio.sleep(exc.retry_after or _BACKOFF_FIRST)
+                        continue
                     if not is_retryable(exc, retry_safe=retry_safe):
                         raise exc
                     self._move_on(conn, leader=exc.leader if isinstance(exc, NotLeader) else 0)
@@ -874,14 +902,22 @@ class AsyncClient:
         own: Connection | None = None
         try:
             with anyio.fail_after(self.command_timeout):
+                await self._auth.ensure(self._authenticate_token)
                 if current is not None and current.usable and current.endpoint == ep:
                     conn = current
                 else:
                     own = conn = await Connection.open(
                         ep, tg, dial_timeout=self.dial_timeout,
                         send_timeout=self.command_timeout,
-                        max_request_bytes=self.max_request_bytes)
+                        max_request_bytes=self.max_request_bytes, token=self._auth.current,
+                        tls=self.tls)
+                sent_token = self._auth.token
                 answer = await conn.request(op, fields)
+                err = answer.get("err")
+                if (isinstance(err, dict) and self._auth.has_credentials
+                        and err.get("code") in ("invalid_auth_token", "unauthenticated")):
+                    await self._auth.refresh(self._authenticate_token, sent_token)
+                    answer = await conn.request(op, fields)
         except DialError as e:
             raise Unavailable(f"could not connect to {e}") from None
         except TimeoutError:

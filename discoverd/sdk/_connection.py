@@ -34,16 +34,19 @@ Only anyio is used, so the same code runs under trio and asyncio.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.abc
 import cbor2
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.tls import TLSStream
 
 from discoverd.errors import ClientError, RequestTooLarge, Unavailable
 from discoverd.sdk._errors import ConnectionLost, StreamOverflow
+from discoverd.sdk._tls import TlsFiles, tls_failure
 from discoverd.wire.framing import FrameDecoder, FrameError, encode_frame
 
 MAGIC = b"DSC1"
@@ -61,10 +64,12 @@ _READ_CHUNK = 65536
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A member's client address."""
+    """A member's client address; ``tls``: given as ``https://`` (dialled over TLS even
+    without TLS files). Not part of equality: one member is one endpoint."""
 
     host: str
     port: int
+    tls: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -72,14 +77,17 @@ class Endpoint:
 
 
 def parse_endpoint(text: str) -> Endpoint:
-    """``host:port``, ``http://host:port[/]``, ``[v6]:port`` or a bare host (port 2379)."""
+    """``host:port``, ``http(s)://host:port[/]``, ``[v6]:port`` or a bare host (port
+    2379)."""
     s = text.strip()
+    tls = False
     if "://" in s:
         scheme, s = s.split("://", 1)
-        if scheme.lower() not in ("http", "tcp"):
+        if scheme.lower() not in ("http", "https", "tcp"):
             raise ClientError(
-                f"endpoint {text!r}: scheme {scheme!r} is not supported (use host:port or "
-                "http://host:port)")
+                f"endpoint {text!r}: scheme {scheme!r} is not supported (use host:port, "
+                "http://host:port or https://host:port)")
+        tls = scheme.lower() == "https"
         s = s.split("/", 1)[0]
     if not s:
         raise ClientError(f"endpoint {text!r} has no host")
@@ -97,10 +105,22 @@ def parse_endpoint(text: str) -> Endpoint:
     if not host:
         raise ClientError(f"endpoint {text!r} has no host")
     if not port_text:
-        return Endpoint(host, DEFAULT_PORT)
+        return Endpoint(host, DEFAULT_PORT, tls)
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ClientError(f"endpoint {text!r}: port must be 1..65535")
-    return Endpoint(host, int(port_text))
+    return Endpoint(host, int(port_text), tls)
+
+
+async def _confirm_accepted(stream: anyio.abc.ByteStream) -> None:
+    """Wait for the member's answer to one ``status`` request (id 0, read here, before the
+    reader starts). Under TLS 1.3 the member judges the client's certificate only after
+    the client's side of the handshake is done, so a refused certificate (none, expired,
+    from another CA) shows up as an alert on the first read: this makes it a dial failure
+    that names the TLS reason, rather than a broken connection under the first request."""
+    await stream.send(encode_frame(cbor2.dumps({"id": 0, "op": "status"})))
+    decoder = FrameDecoder(MAX_ANSWER_BYTES)
+    while decoder.next_frame() is None:
+        decoder.feed(await stream.receive(_READ_CHUNK))
 
 
 class _Slot:
@@ -214,8 +234,12 @@ class Connection:
         *,
         send_timeout: float,
         max_request_bytes: int,
+        token: Callable[[], str | None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._token = token
+        """Read as each frame is encoded, so a token renewed by the client goes out on the
+        next request, streams and ``watch_cancel`` included (``_auth.TokenKeeper``)."""
         self._stream = stream
         self._send_timeout = send_timeout
         self._max_request_bytes = max_request_bytes
@@ -237,15 +261,23 @@ class Connection:
         dial_timeout: float,
         send_timeout: float,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        token: Callable[[], str | None] | None = None,
+        tls: TlsFiles | None = None,
     ) -> Connection:
         """Connect, send the magic and start the reader in ``task_group`` (which outlives
-        the calling request, so the connection serves later requests too).
+        the calling request, so the connection serves later requests too). Over TLS when
+        the endpoint is ``https://`` or ``tls`` names any file.
 
         Raises:
-            DialError: refused, unreachable, unresolvable, or not done within
-                ``dial_timeout``.
+            DialError: refused, unreachable, unresolvable, not done within
+                ``dial_timeout``, or the TLS handshake failed (the reason says ``TLS: ...``).
+            ClientError: a TLS file cannot be used (see ``TlsFiles.context``).
         """
+        ssl_context = None
+        if endpoint.tls or (tls is not None and tls.enabled):
+            ssl_context = (tls or TlsFiles()).context()
         stream: anyio.abc.ByteStream | None = None
+        handshaking = False
         try:
             with anyio.fail_after(dial_timeout):
                 stream = await anyio.connect_tcp(endpoint.host, endpoint.port)
@@ -255,21 +287,35 @@ class Connection:
                     # connecting the socket to itself (TCP simultaneous open): it would hold
                     # the member's port and stop it from restarting. It is a refusal.
                     raise ConnectionRefusedError("connected to itself: no listener")
+                if ssl_context is not None:
+                    handshaking = True
+                    stream = await TLSStream.wrap(
+                        stream, hostname=endpoint.host, ssl_context=ssl_context,
+                        standard_compatible=False)
                 await stream.send(MAGIC)
+                if ssl_context is not None:
+                    await _confirm_accepted(stream)
         except TimeoutError:
             if stream is not None:
                 await anyio.aclose_forcefully(stream)
             raise DialError(endpoint, f"no connection within {dial_timeout:g}s") from None
-        except (OSError, anyio.BrokenResourceError) as e:
+        except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, FrameError) as e:
             if stream is not None:
                 await anyio.aclose_forcefully(stream)
-            raise DialError(endpoint, str(e) or type(e).__name__) from None
+            why = tls_failure(e) if handshaking else None
+            if handshaking and (why is None or "certificate verify failed" not in why):
+                # The member hung up mid-handshake: what it does when it does not accept
+                # our certificate (or the lack of one), or when it does not speak TLS.
+                why = ("TLS: the member ended the handshake (does it require a client "
+                       "certificate from its CA? give cert/key, --cert/--key on the CLI): "
+                       f"{(why or '').removeprefix('TLS: ') or str(e) or type(e).__name__}")
+            raise DialError(endpoint, why or str(e) or type(e).__name__) from None
         except BaseException:
             if stream is not None:
                 await anyio.aclose_forcefully(stream)
             raise
         conn = cls(endpoint, stream, send_timeout=send_timeout,
-                   max_request_bytes=max_request_bytes)
+                   max_request_bytes=max_request_bytes, token=token)
         task_group.start_soon(conn._read_loop, name=f"discoverd.sdk reader {endpoint}")
         return conn
 
@@ -303,8 +349,12 @@ class Connection:
         if self._broken is not None or (self._retired and not even_if_retired):
             raise ConnectionLost(f"{self.endpoint}: {self._broken or 'connection retired'}")
         rid = next(self._ids)
+        request = {**fields, "id": rid, "op": op}
+        token = self._token() if self._token is not None and op != "authenticate" else None
+        if token is not None and "token" not in fields:
+            request["token"] = token
         try:
-            body = cbor2.dumps({**fields, "id": rid, "op": op})
+            body = cbor2.dumps(request)
         except (cbor2.CBOREncodeError, TypeError, ValueError) as e:
             raise ClientError(f"cannot encode the {op} request: {e}") from None
         if len(body) > self._max_request_bytes:

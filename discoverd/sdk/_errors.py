@@ -19,6 +19,7 @@ from typing import Any
 
 from discoverd import errors
 from discoverd.errors import (
+    AuthManagementError,
     BadRequest,
     ClientError,
     Compacted,
@@ -31,6 +32,7 @@ from discoverd.errors import (
     RequestTimeout,
     RequestTooLarge,
     TooManyOps,
+    TooManyRequests,
     Unavailable,
     ValidationError,
 )
@@ -134,11 +136,21 @@ def _by_code() -> dict[str, type[DiscoverdError]]:
 _CODES = _by_code()
 
 
+AUTH_MANAGEMENT_CODES = frozenset({
+    "user_exists", "user_not_found", "role_exists", "role_not_found", "role_not_granted",
+    "permission_not_granted", "root_user_not_exist", "root_role_not_exist",
+    "invalid_auth_mgmt", "user_empty", "role_empty",
+})
+"""The auth store's refusals of a user/role operation: one class, ``code`` per case."""
+
+
 def error_from_wire(err: Mapping[str, Any]) -> DiscoverdError:
     """The exception for an answer's ``err`` map. An unknown code still gives a
     ``DiscoverdError`` whose ``code`` is the member's, so nothing escapes the tree."""
     code = str(err.get("code", "unknown"))
     message = str(err.get("message", "") or code)
+    if code in AUTH_MANAGEMENT_CODES:
+        return AuthManagementError(code, message)
     cls = _CODES.get(code)
     if cls is ValidationError:
         return _validation_error(err, message)
@@ -148,6 +160,10 @@ def error_from_wire(err: Mapping[str, Any]) -> DiscoverdError:
     leader = err.get("leader", 0)
     if isinstance(exc, NotLeader | ProposalDropped) and type(leader) is int:
         exc.leader = leader
+    retry_after = err.get("retry_after")
+    if (isinstance(exc, TooManyRequests) and isinstance(retry_after, int | float)
+            and not isinstance(retry_after, bool)):
+        exc.retry_after = float(retry_after)
     return exc
 
 

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from discoverd.errors import ClientError, DiscoverdError, Unavailable
+from discoverd.errors import (
+    ClientError,
+    DiscoverdError,
+    InvalidAuthToken,
+    Unauthenticated,
+    Unavailable,
+)
 from discoverd.sdk._connection import DialError, Stream
 from discoverd.sdk._errors import error_from_wire
 from discoverd.wire.snapshot_file import SnapshotFileError, SnapshotHeader, SnapshotWriter
@@ -45,13 +51,26 @@ async def save_snapshot(client: AsyncClient, path: str | os.PathLike[str], *,
                         progress: Progress | None = None) -> SavedSnapshot:
     target = Path(path)
     temp = target.with_name(f".{target.name}.part")
+    await client._auth.ensure(client._authenticate_token)
+    for attempt in (1, 2):
+        try:
+            conn = await client._connect_current()
+        except DialError as e:
+            raise Unavailable(f"could not connect to {e}") from None
+        sent_token = client._auth.token
+        stream = await conn.open_stream("snapshot", {}, buffer=_STREAM_BUFFER)
+        try:
+            ok = await _next(stream)
+            break
+        except (InvalidAuthToken, Unauthenticated):
+            stream.close()
+            if attempt == 2 or not client._auth.has_credentials:
+                raise
+            await client._auth.refresh(client._authenticate_token, sent_token)
+        except BaseException:
+            stream.close()
+            raise
     try:
-        conn = await client._connect_current()
-    except DialError as e:
-        raise Unavailable(f"could not connect to {e}") from None
-    stream = await conn.open_stream("snapshot", {}, buffer=_STREAM_BUFFER)
-    try:
-        ok = await _next(stream)
         if not isinstance(ok.get("snapshot"), dict):
             raise DiscoverdError("the member's snapshot stream has no header")
         try:

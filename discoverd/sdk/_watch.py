@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from discoverd.errors import ClientError, DiscoverdError, FutureRevision, NotLeader, Unavailable
+from discoverd.errors import (
+    ClientError,
+    DiscoverdError,
+    FutureRevision,
+    InvalidAuthToken,
+    NotLeader,
+    Unauthenticated,
+    Unavailable,
+)
 from discoverd.sdk._connection import Connection, DialError, Stream
 from discoverd.sdk._errors import ConnectionLost, StreamOverflow, WatchCompacted, error_from_wire
 from discoverd.sdk._types import KeyValue, ResponseHeader, Resync, Snapshot, WatchResponse
@@ -294,6 +302,7 @@ class Watch:
         client = self._client
         resuming = deadline is None
         tried: list[str] = []
+        reauthenticated = False
         while True:
             if self._delay:
                 await anyio.sleep(self._delay)
@@ -311,7 +320,20 @@ class Watch:
                 except DialError as e:
                     tried.append(str(e))
                     continue
-                if await self._create(conn, tried, resuming=resuming):
+                await client._auth.ensure(client._authenticate_token)
+                sent_token = client._auth.token
+                try:
+                    created = await self._create(conn, tried, resuming=resuming)
+                except (InvalidAuthToken, Unauthenticated):
+                    # A watch resuming after its token expired (etcd-io/etcd#8287): log in
+                    # again once and re-create it from where it was.
+                    if reauthenticated or not client._auth.has_credentials:
+                        raise
+                    reauthenticated = True
+                    self._delay = 0.0
+                    await client._auth.refresh(client._authenticate_token, sent_token)
+                    continue
+                if created:
                     if resuming:
                         self.resumes += 1
                     return

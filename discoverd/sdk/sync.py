@@ -41,6 +41,7 @@ import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from discoverd.errors import ClientError
+from discoverd.sdk._auth import SyncAuthMixin
 from discoverd.sdk._client import DEFAULT_WATCH_BUFFER, AsyncClient
 from discoverd.sdk._cluster import MemberAdded, MemberList
 from discoverd.sdk._config import (
@@ -82,7 +83,7 @@ T = TypeVar("T")
 _log = logging.getLogger("discoverd.sdk")
 
 
-class Client:
+class Client(SyncAuthMixin):
     """A blocking client of a discoverd cluster; same methods and arguments as
     ``AsyncClient``, plain return values, same exceptions (and the same "outcome unknown"
     rule for writes that raise ``RequestTimeout``, ``ProposalDropped`` or

@@ -28,7 +28,7 @@ from discoverd.kv.requests import PutRequest, TxnRequest
 from discoverd.machine.alarms import NOSPACE
 from discoverd.machine.applier import AlarmsChanged, KvMachine, encode_command
 from discoverd.member.core import MemberCore
-from discoverd.server.api_server import Connection, Handler
+from discoverd.server.api_server import Connection, Handler, stamp
 from discoverd.server.raft_loop import RaftLoop
 
 CHECK_SECONDS = 1.0
@@ -86,9 +86,11 @@ class AlarmService:
             await self._propose("activate", self.member_id)
         raise NoSpace()
 
-    async def _propose(self, action: str, member_id: int) -> AlarmsChanged:
+    async def _propose(self, action: str, member_id: int,
+                       judged: dict[str, Any] | None = None) -> AlarmsChanged:
         result = await self.loop.propose(encode_command(
-            "alarm", {"action": action, "member_id": member_id, "alarm": NOSPACE}))
+            "alarm", {"action": action, "member_id": member_id, "alarm": NOSPACE,
+                      **(judged or {})}))
         if isinstance(result, DiscoverdError):
             raise result
         assert isinstance(result, AlarmsChanged)
@@ -105,7 +107,7 @@ class AlarmService:
         if type(member_id) is not int or member_id < 0 or alarm != NOSPACE:
             raise ClientError("alarm_disarm takes member_id (an int >= 0; 0: every member) "
                               f"and alarm {NOSPACE!r}")
-        result = await self._propose("deactivate", member_id)
+        result = await self._propose("deactivate", member_id, stamp(req))
         if result.changed:
             self.log.info("alarm disarmed", alarms=alarms_json(result.changed),
                           term=self.core.term)

@@ -20,6 +20,8 @@ per-connection state (its watches).
 
 from __future__ import annotations
 
+import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -27,7 +29,17 @@ import cbor2
 import structlog
 import trio
 
-from discoverd.errors import BadRequest, ClientError, DiscoverdError, RequestTimeout
+from discoverd.errors import (
+    AuthOldRevision,
+    BadRequest,
+    ClientError,
+    DiscoverdError,
+    RequestTimeout,
+    TooManyStreams,
+)
+from discoverd.machine.auth import AUTH_REV_FIELD, AUTH_USER_FIELD
+from discoverd.server.limits import BoundedWrites, TokenBucket
+from discoverd.server.tls import HANDSHAKE_TIMEOUT_SECONDS, handshake_failure, peer_common_name
 from discoverd.wire.framing import FrameDecoder, FrameError, encode_frame
 
 MAGIC = b"DSC1"
@@ -37,9 +49,20 @@ class Connection:
     """One client connection, as handlers see it: ``state`` holds what ops keep per
     connection (e.g. its watch ids); ``closing`` is set when it ends."""
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, *, cert_common_name: str | None = None) -> None:
         self.number = number
         self.state: dict[str, Any] = {}
+        self.cert_common_name = cert_common_name
+        """The CN of the client certificate verified at the TLS handshake (members with
+        ``--client-cert-auth``), else None: the user name when auth is on, as in etcd."""
+        self.streams = 0
+        """Streams open now (``--max-concurrent-streams``)."""
+        self.active = 0
+        """Requests and streams being served now: the connection is not idle."""
+        self.last_done = 0.0
+        """When the last request or stream ended (trio time): idleness counts from it."""
+        self.bucket: TokenBucket | None = None
+        """The request-rate bucket (``--max-requests-per-second``), made on first use."""
 
     def __repr__(self) -> str:
         return f"<Connection {self.number}>"
@@ -72,6 +95,21 @@ def error_body(exc: DiscoverdError) -> dict[str, Any]:
     return body
 
 
+class AuthGate(Protocol):
+    """What ``ClientApi`` asks of the auth service (``server/auth_service.AuthService``)."""
+
+    @property
+    def store(self) -> Any: ...
+
+    def gate(self, op: str, req: dict[str, Any], token: Any, conn: Connection
+             ) -> tuple[Any, str | None]:
+        """Judge ``op``: returns (what it needed, the user) or raises the refusal."""
+
+    def recheck(self, what: Any, op: str, req: dict[str, Any], token: Any,
+                conn: Connection, judged_at: int) -> None:
+        """After a read ran: judge it again if the auth state moved meanwhile."""
+
+
 class ClientApi:
     """Serves ``ops`` on accepted client connections."""
 
@@ -86,11 +124,28 @@ class ClientApi:
         request_timeout: float = 5.0,
         http: HttpFront | None = None,
         on_request: RequestHook | None = None,
+        max_concurrent_streams: int = 1000,
+        idle_timeout: float | None = None,
+        write_timeout: float | None = None,
+        max_requests_per_second: int = 0,
+        auth: AuthGate | None = None,
     ) -> None:
         self.ops = ops
+        self.auth = auth
+        """Judges every request when set (``server/auth_service.py``)."""
         self.on_request = on_request
         self.http = http
-        self.streams = streams or {}
+        # Bounded here rather than in the dispatch so the HTTP gateway's streams (which
+        # run these handlers directly) count against the same per-connection limit.
+        self.streams = {op: self._bounded_stream(h) for op, h in (streams or {}).items()}
+        self.max_concurrent_streams = max_concurrent_streams
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
+        self.max_requests_per_second = max_requests_per_second
+        self.limit_refusals: Counter[str] = Counter()
+        """Connections closed by a limit (``idle``, ``write_timeout``) and HTTP requests
+        refused for their rate; requests refused with an error code are counted from their
+        code by whoever observes ``on_request`` (the metrics)."""
         self._numbers = 0
         self.request_timeout = request_timeout
         self.max_request_bytes = max_request_bytes
@@ -100,19 +155,31 @@ class ClientApi:
         self.requests = 0
         self.errors = 0
         self.listeners: list[trio.SocketListener] = []
+        self.tls_refused = 0
+        """Client connections whose TLS handshake failed."""
 
     async def serve(
         self,
         listeners: list[trio.SocketListener],
         *,
+        tls: list[ssl.SSLContext | None] | None = None,
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """``tls``: per listener, the context of an https:// URL's, None for http://."""
         self.listeners = listeners
-        await trio.serve_listeners(self._handle, listeners, task_status=task_status)
+        contexts = tls or [None] * len(listeners)
+        wrapped: list[trio.abc.Listener[trio.abc.Stream]] = [
+            lst if ctx is None else trio.SSLListener(lst, ctx)
+            for lst, ctx in zip(listeners, contexts, strict=True)]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._handle, wrapped)
+            task_status.started(listeners)  # the sockets, as without TLS (bound ports)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
         try:
+            if isinstance(stream, trio.SSLStream) and not await self._tls_handshake(stream):
+                return
             await self._converse(stream)
         except Exception as exc:
             # A client that went away (closed or reset the connection) is normal; it arrives
@@ -124,7 +191,24 @@ class ClientApi:
             self.connections -= 1
             await trio.aclose_forcefully(stream)
 
-    async def _converse(self, stream: trio.SocketStream) -> None:
+    async def _tls_handshake(self, stream: trio.SSLStream[trio.SocketStream]) -> bool:
+        """Complete the handshake before the DSC1/HTTP sniff, so both protocols run over
+        TLS alike. A client that fails it (untrusted or expired certificate, none when one
+        is required, plain text) loses its connection and is logged, nothing more."""
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT_SECONDS):
+                await stream.do_handshake()
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
+                OSError) as e:
+            reason = ("no TLS handshake in time" if isinstance(e, trio.TooSlowError)
+                      else handshake_failure(e))
+            self.tls_refused += 1
+            self.log.info("client TLS handshake failed", remote=_peer_address(stream),
+                          reason=reason)
+            return False
+        return True
+
+    async def _converse(self, stream: trio.abc.Stream) -> None:
         # The limit is on the request itself (the frame's payload), as docs/protocol.md and
         # the SDK's local check (len(body) > max_request_bytes) say: no slack.
         decoder = FrameDecoder(self.max_request_bytes)
@@ -140,7 +224,8 @@ class ClientApi:
         if head != MAGIC and self.http is not None:
             self._numbers += 1
             rest = decoder.read_raw(decoder.buffered) or b""
-            await self.http.serve(stream, head + rest, Connection(self._numbers), self)
+            conn = Connection(self._numbers, cert_common_name=_cert_cn(stream))
+            await self.http.serve(stream, head + rest, conn, self)
             return
         if head != MAGIC:
             body = b"this port speaks discoverd's native protocol (magic DSC1)\n"
@@ -152,12 +237,15 @@ class ClientApi:
         write_lock = trio.StrictFIFOLock()
         limiter = trio.Semaphore(self.max_in_flight)
         self._numbers += 1
-        conn = Connection(self._numbers)
+        conn = Connection(self._numbers, cert_common_name=_cert_cn(stream))
+        conn.last_done = trio.current_time()
+        out = BoundedWrites(stream, self.write_timeout,
+                            lambda: self.closed_by("write_timeout", conn))
 
         async def answer(frame: dict[str, Any]) -> None:
             payload = encode_frame(cbor2.dumps(frame))
             async with write_lock:
-                await stream.send_all(payload)
+                await out.send_all(payload)
 
         async with trio.open_nursery() as nursery:
             while True:
@@ -170,7 +258,7 @@ class ClientApi:
                     nursery.cancel_scope.cancel()
                     return
                 if frame is None:
-                    data = await stream.receive_some(65536)
+                    data = await self._receive(stream, conn)
                     if not data:
                         nursery.cancel_scope.cancel()
                         return
@@ -189,6 +277,7 @@ class ClientApi:
         released = False
         started = trio.current_time()
         label, code, timed = "unknown", "canceled", True  # what on_request will be told
+        conn.active += 1
         try:
             self.requests += 1
             rid: Any = 0
@@ -199,6 +288,7 @@ class ClientApi:
                 rid = req.get("id")
                 if type(rid) is not int or rid < 0:
                     raise ClientError("request 'id' must be a non-negative integer")
+                self.check_rate(conn)  # before anything else is done for it
                 op = req.get("op")
                 if not isinstance(op, str):
                     raise ClientError("request 'op' must be a string")
@@ -216,7 +306,7 @@ class ClientApi:
                     async def emit(body: dict[str, Any]) -> None:
                         await answer({"id": stream_id, "ok": body})
 
-                    await stream(req, conn, emit)
+                    await self.open_stream(op, req, conn, emit)
                     code = "ok"
                     return
                 result = await self.call(op, req, conn)
@@ -232,6 +322,8 @@ class ClientApi:
                 await answer({"id": rid if type(rid) is int else 0,
                               "err": {"code": "bad_request", "message": f"bad request: {e}"}})
         finally:
+            conn.active -= 1
+            conn.last_done = trio.current_time()
             if not released:
                 limiter.release()
             if self.on_request is not None:
@@ -244,11 +336,133 @@ class ClientApi:
         handler = self.ops.get(op)
         if handler is None:
             raise ClientError(f"unknown op {op!r}")
+        req, token = _admit(req)
         with trio.move_on_after(self.request_timeout):
-            return await handler(req, conn)
+            for _ in range(AUTH_ATTEMPTS):
+                what = self._judge(op, req, token, conn)
+                try:
+                    result = await handler(req, conn)
+                except AuthOldRevision:
+                    continue  # the auth state moved between judging and applying
+                if self.auth is not None and what is not None:
+                    self.auth.recheck(what, op, req, token, conn, req[AUTH_REV_FIELD])
+                return result
+            raise AuthOldRevision("the auth state kept changing while this request was "
+                                  "judged; retry")
         raise RequestTimeout(
             f"no answer within {self.request_timeout:g}s; a write may still apply"
         )
+
+    async def open_stream(self, op: str, req: dict[str, Any], conn: Connection,
+                          emit: Emit) -> None:
+        """Run the stream op ``op`` (native and HTTP alike), judged by the gate first."""
+        handler = self.streams.get(op)
+        if handler is None:
+            raise ClientError(f"unknown stream op {op!r}")
+        req, token = _admit(req)
+        self._judge(op, req, token, conn)
+        await handler(req, conn, emit)
+
+    def _judge(self, op: str, req: dict[str, Any], token: Any, conn: Connection) -> Any:
+        """Let the auth gate judge the request; stamp it with the auth revision judged at
+        (and the user), which proposals carry into the log."""
+        auth = self.auth
+        if auth is None:
+            return None
+        req[AUTH_REV_FIELD] = auth.store.revision
+        what, user = auth.gate(op, req, token, conn)
+        if user is not None:
+            req[AUTH_USER_FIELD] = user
+        return what
+
+
+    def check_rate(self, conn: Connection) -> None:
+        """Spend one of ``conn``'s request tokens or raise ``TooManyRequests`` (with its
+        ``retry_after``): one greedy client is slowed, the member and others are not."""
+        if not self.max_requests_per_second:
+            return
+        now = trio.current_time()
+        if conn.bucket is None:
+            conn.bucket = TokenBucket(self.max_requests_per_second, now)
+        conn.bucket.take(now)
+
+    def _bounded_stream(self, handler: StreamHandler) -> StreamHandler:
+        async def bounded(req: dict[str, Any], conn: Connection, emit: Emit) -> None:
+            if conn.streams >= self.max_concurrent_streams:
+                raise TooManyStreams(
+                    f"this connection already has {conn.streams} streams open "
+                    f"(--max-concurrent-streams {self.max_concurrent_streams})")
+            conn.streams += 1
+            try:
+                await handler(req, conn, emit)
+            finally:
+                conn.streams -= 1
+        return bounded
+
+    async def _receive(self, stream: trio.abc.Stream, conn: Connection) -> bytes:
+        """The next bytes from the client; b"" (as at EOF) once it has been idle — nothing received,
+        nothing in flight, no stream open — for the idle timeout, so an abandoned
+        connection does not hold its socket and buffers forever."""
+        timeout = self.idle_timeout
+        if timeout is None:
+            return bytes(await stream.receive_some(65536))
+        deadline = trio.current_time() + timeout
+        while True:
+            with trio.move_on_at(deadline):
+                return bytes(await stream.receive_some(65536))
+            now = trio.current_time()
+            if conn.active:
+                deadline = now + timeout  # busy: look again once it may have become idle
+            elif now >= conn.last_done + timeout:
+                self.closed_by("idle", conn)
+                return b""
+            else:
+                deadline = conn.last_done + timeout
+
+    def closed_by(self, limit: str, conn: Connection) -> None:
+        """Count and log a connection ``limit`` ended (the HTTP front calls it too)."""
+        self.limit_refusals[limit] += 1
+        self.log.info("client connection closed by a limit", limit=limit,
+                      connection=conn.number)
+
+
+def _cert_cn(stream: trio.abc.Stream) -> str | None:
+    """The verified client certificate's CN on a TLS connection; None otherwise."""
+    if not isinstance(stream, trio.SSLStream):
+        return None
+    try:
+        return peer_common_name(stream.getpeercert())
+    except (AttributeError, ValueError):  # no handshake yet: no certificate to name
+        return None
+
+
+def _peer_address(stream: trio.SSLStream[trio.SocketStream]) -> str:
+    try:
+        host, port = stream.transport_stream.socket.getpeername()[:2]
+    except (OSError, AttributeError, ValueError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+AUTH_ATTEMPTS = 5
+"""Times a request is judged and run again when the auth state changed under it."""
+
+
+def _admit(req: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The request without its token and without any field a client may not set (those
+    starting with ``_`` are the member's own, e.g. the auth revision a write was judged at),
+    and the token."""
+    token = req.get("token")
+    if token is not None or any(k[:1] == "_" for k in req if isinstance(k, str)):
+        req = {k: v for k, v in req.items()
+               if k != "token" and not (isinstance(k, str) and k[:1] == "_")}
+    return req, token
+
+
+def stamp(req: dict[str, Any]) -> dict[str, Any]:
+    """The member's own fields of a judged request, for a handler that builds its command
+    itself (``{**fields, **stamp(req)}``)."""
+    return {k: req[k] for k in (AUTH_REV_FIELD, AUTH_USER_FIELD) if k in req}
 
 
 def _is_disconnect(exc: BaseException) -> bool:

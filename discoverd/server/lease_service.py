@@ -34,7 +34,7 @@ from discoverd.errors import (
 )
 from discoverd.machine.applier import KvMachine, LeaseGranted, encode_command
 from discoverd.member.core import MemberCore
-from discoverd.server.api_server import Connection, Handler, error_body
+from discoverd.server.api_server import Connection, Handler, error_body, stamp
 from discoverd.server.raft_loop import RaftLoop
 from discoverd.wire.lease_watch_codec import decode_lease_grant, decode_lease_id
 
@@ -136,7 +136,7 @@ class LeaseService:
         for _ in range(3):
             chosen = lease_id or self._next_id()
             result = await self.loop.propose(
-                encode_command("lease_grant", {"lease": chosen, "ttl": ttl}))
+                encode_command("lease_grant", {"lease": chosen, "ttl": ttl, **stamp(req)}))
             if isinstance(result, LeaseExists) and not lease_id:
                 continue  # an id we picked was taken (explicitly, by someone): pick again
             if isinstance(result, DiscoverdError):
@@ -151,7 +151,8 @@ class LeaseService:
 
     async def op_revoke(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
         lease_id = decode_lease_id(req)
-        result = await self.loop.propose(encode_command("lease_revoke", {"lease": lease_id}))
+        result = await self.loop.propose(
+            encode_command("lease_revoke", {"lease": lease_id, **stamp(req)}))
         if isinstance(result, DiscoverdError):
             raise result
         return {"header": self._header(result.header_revision)}

@@ -6,9 +6,12 @@ caught-up peer first, then stop).
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import random
 import signal
+import ssl
+from functools import partial
 from typing import IO, Any
 
 import trio
@@ -18,6 +21,7 @@ from discoverd.consensus.messages import AppMessage, Message
 from discoverd.consensus.raft import Config, Role
 from discoverd.errors import ClientError, DiscoverdError
 from discoverd.kv.auto_compaction import AutoCompaction
+from discoverd.kv.limits import check_request_sizes
 from discoverd.kv.requests import RangeRequest, TxnRequest
 from discoverd.kv.txn import has_writes
 from discoverd.logs import configure_logging
@@ -25,15 +29,18 @@ from discoverd.machine.applier import KvMachine, encode_command
 from discoverd.member.core import MemberCore
 from discoverd.server.alarm_service import AlarmService
 from discoverd.server.api_server import ClientApi, Connection, Handler
+from discoverd.server.auth_service import AuthService
 from discoverd.server.compactor import Compactor
 from discoverd.server.config import MemberConfig, parse_url, parse_urls
 from discoverd.server.disk_faults import wrap_fs
 from discoverd.server.http import HttpServer, gateway_router
 from discoverd.server.lease_service import LeaseService
+from discoverd.server.limits import seconds
 from discoverd.server.membership import MembershipService, member_identity
 from discoverd.server.metrics import MemberMetrics
 from discoverd.server.raft_loop import RaftLoop
 from discoverd.server.snapshot_service import SnapshotService
+from discoverd.server.tls import is_https, member_tls
 from discoverd.server.transport import PROBE_INTERVAL_SECONDS, PeerTransport
 from discoverd.server.watch_service import WatchService
 from discoverd.storage.disk_storage import DiskStorage
@@ -50,6 +57,8 @@ class Member:
 
     def __init__(self, cfg: MemberConfig, log: Any) -> None:
         cfg.validate()
+        # Certificates are loaded first: a bad file is reported before anything is touched.
+        self.tls = member_tls(cfg)
         self.cfg = cfg
         self.log = log
         self.cluster_id = cfg.cluster_id
@@ -96,6 +105,7 @@ class Member:
             progress_interval=cfg.watch_progress_notify_interval_ms / 1000,
             election_timeout=election_timeout, tick_seconds=cfg.tick_seconds,
             max_watches_per_connection=cfg.max_watches_per_connection, log=log,
+            max_key_bytes=cfg.max_key_bytes,
         )
         peers = {
             mid: parse_url(urls[0]) for mid, (_, urls) in members.items() if mid != self.member_id
@@ -105,6 +115,8 @@ class Member:
             on_message=self._on_peer_message, on_unreachable=self.loop.on_unreachable,
             on_snapshot_status=self.loop.on_snapshot_status, log=log,
             probe_interval=PROBE_INTERVAL_SECONDS, on_rtt=self.metrics.observe_peer_rtt,
+            server_ssl=self.tls.peer_server, client_ssl=self.tls.peer_client,
+            dial_tls=self._peer_is_https,
         )
         self.membership = MembershipService(
             self.core, self.machine, self.loop, self.transport, cfg=cfg,
@@ -121,12 +133,21 @@ class Member:
         self.snapshots = SnapshotService(
             self.core, self.machine, cluster_id=self.cluster_id, member_id=self.member_id,
             header=self.header, log=log)
+        self.auth = AuthService(self.machine, self.loop, header=self.header,
+                                token_ttl=cfg.auth_token_ttl, bcrypt_cost=cfg.bcrypt_cost,
+                                log=log)
         self.api = ClientApi(self.ops(), streams={**self.watches.streams(),
                                                   **self.snapshots.streams()},
                              max_request_bytes=cfg.max_request_bytes, log=log,
                              on_request=self.metrics.observe_request,
+                             max_concurrent_streams=cfg.max_concurrent_streams,
+                             idle_timeout=seconds(cfg.client_idle_timeout_ms),
+                             write_timeout=seconds(cfg.client_write_timeout_ms),
+                             max_requests_per_second=cfg.max_requests_per_second,
+                             auth=self.auth,
                              http=HttpServer(gateway_router(), metrics=self._metrics_text,
-                                             log=log))
+                                             idle_timeout=seconds(cfg.client_idle_timeout_ms)
+                                             or math.inf, log=log))
 
     def _metrics_text(self) -> tuple[bytes, str] | None:
         """``GET /metrics``: the member's metrics, once it has them (``self.metrics``)."""
@@ -174,6 +195,7 @@ class Member:
         ops.update(self.leases.ops())
         ops.update(self.watches.ops())
         ops.update(self.alarm_service.ops())
+        ops.update(self.auth.ops())
         return ops
 
     async def op_status(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
@@ -201,6 +223,7 @@ class Member:
 
     async def op_range(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
         rr: RangeRequest = decode_request("range", req)
+        check_request_sizes(rr, self.cfg.max_key_bytes, self.cfg.max_value_bytes)
         if not rr.serializable:
             await self.loop.read_barrier()
         resp = self.machine.store.range(rr)
@@ -225,6 +248,7 @@ class Member:
     def _write_op(self, op: str) -> Handler:
         async def handle(req: dict[str, Any], conn: Connection) -> dict[str, Any]:
             decoded = decode_request(op, req)  # refuse a bad request before proposing it
+            check_request_sizes(decoded, self.cfg.max_key_bytes, self.cfg.max_value_bytes)
             fields = {k: v for k, v in req.items() if k not in ("id", "op")}
             if isinstance(decoded, TxnRequest) and not has_writes(decoded):
                 # A read-only txn is a read: one ReadIndex round, no log entry.
@@ -248,7 +272,7 @@ class Member:
             # `discoverd serve` reports in one line, not an ExceptionGroup traceback.
             peer_listeners = await _listen(parse_urls(cfg.listen_peer_urls))
             try:
-                client_listeners = await _listen(parse_urls(cfg.listen_client_urls))
+                client_listeners, client_tls = await self._listen_clients()
             except OSError:
                 await _close_all(peer_listeners)
                 raise
@@ -259,7 +283,7 @@ class Member:
                 await nursery.start(self.loop.run)
                 await nursery.start(self.leases.run)
                 await nursery.start(self.watches.run)
-                await nursery.start(self.api.serve, client_listeners)
+                await nursery.start(partial(self.api.serve, tls=client_tls), client_listeners)
                 nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                 nursery.start_soon(self._watch_removed, nursery.cancel_scope)
                 nursery.start_soon(self.compactor.run)
@@ -275,6 +299,39 @@ class Member:
             self.storage.close()
             self._lock.close()
             self.log.info("member stopped")
+
+    async def _listen_clients(
+        self,
+    ) -> tuple[list[trio.SocketListener], list[ssl.SSLContext | None]]:
+        """The client listeners and, for each, its TLS context: https:// URLs get TLS,
+        http:// ones stay plain on the same member (etcd allows both at once)."""
+        listeners: list[trio.SocketListener] = []
+        contexts: list[ssl.SSLContext | None] = []
+        try:
+            for url in parse_urls(self.cfg.listen_client_urls):
+                got = await _listen([url])
+                listeners.extend(got)
+                contexts.extend([self.tls.client_server if is_https(url) else None] * len(got))
+        except OSError:
+            await _close_all(listeners)
+            raise
+        return listeners, contexts
+
+    def _peer_is_https(self, addr: tuple[str, int]) -> bool:
+        """Whether the peer listening at ``addr`` is dialled over TLS: its peer URL says
+        (the member table's, newest, else ``--initial-cluster``'s); an address no URL names
+        is dialled as this member's own peer URLs are served."""
+        urls = [u for _, us in self.cfg.members().values() for u in us]
+        membership = getattr(self, "membership", None)
+        if membership is not None:
+            urls += [u for m in membership.table.members() for u in m.peer_urls]
+        for url in reversed(urls):
+            try:
+                if parse_url(url) == addr:
+                    return is_https(url)
+            except ClientError:
+                continue
+        return self.tls.peer_server is not None
 
     async def _watch_removed(self, scope: trio.CancelScope) -> None:
         """Stop once this member's removal is applied (the raft loop logs why), a moment

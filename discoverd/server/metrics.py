@@ -46,6 +46,10 @@ from discoverd.consensus.messages import Entry
 from discoverd.errors import DiscoverdError
 from discoverd.machine.applier import LeaseGranted, LeaseRevoked, LeasesExpired
 from discoverd.member.core import StateMachine
+from discoverd.server.limits import LIMIT_CODES
+
+LIMITS = ("key_size", "value_size", "streams", "rate", "idle", "write_timeout")
+"""The ``limit`` label's values, always all exposed (a refusal count is 0 before one)."""
 
 if TYPE_CHECKING:
     from discoverd.server.member import Member
@@ -278,6 +282,22 @@ class MemberMetrics:
         apply.add_metric(["false"], self.apply_refused_seconds.buckets(),
                          self.apply_refused_seconds.total)
         yield apply
+        auth = getattr(m, "auth", None)
+        if auth is not None:
+            yield _gauge("discoverd_auth_enabled", "1 while authentication is enabled.",
+                         1 if auth.store.enabled else 0)
+            yield _gauge("discoverd_auth_revision", "The auth store's revision (it counts "
+                         "every user, role and permission change).", auth.store.revision)
+            logins = CounterMetricFamily(
+                "discoverd_auth_authentications_total",
+                "Authentications (logins) answered by this member, by result.",
+                labels=["result"])
+            logins.add_metric(["ok"], auth.authentications)
+            logins.add_metric(["failed"], auth.failed_authentications)
+            yield logins
+            yield _counter("discoverd_auth_permission_denied_total",
+                           "Requests refused by this member for lacking a permission, or "
+                           "for no or a bad token.", auth.denials)
         yield _gauge("discoverd_server_quota_backend_bytes",
                      "Current backend storage quota size in bytes.",
                      m.cfg.quota_backend_bytes)
@@ -338,8 +358,28 @@ class MemberMetrics:
         for op, hist in sorted(self.request_seconds.items()):
             durations.add_metric([op], hist.buckets(), hist.total)
         yield durations
+        yield self._limit_refusals()
 
         yield from self._network()
+
+    def _limit_refusals(self) -> CounterMetricFamily:
+        """Requests refused by a limit are read from their answer codes (native and HTTP
+        alike reach ``observe_request``); connections a limit closed, and HTTP requests
+        refused for their rate before any op ran, from the client port's own counter."""
+        counts = dict.fromkeys(LIMITS, 0)
+        for (_, code), n in self.requests.items():
+            limit = LIMIT_CODES.get(code)
+            if limit is not None:
+                counts[limit] += n
+        for limit, n in self._member.api.limit_refusals.items():
+            counts[limit] = counts.get(limit, 0) + n
+        family = CounterMetricFamily(
+            "discoverd_client_limit_refusals_total",
+            "Requests refused and client connections closed by a per-client limit.",
+            labels=["limit"])
+        for limit, n in counts.items():
+            family.add_metric([limit], n)
+        return family
 
     def _network(self) -> Iterator[Metric]:
         t = self._member.transport

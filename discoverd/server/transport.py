@@ -53,6 +53,7 @@ from __future__ import annotations
 import errno
 import math
 import random
+import ssl
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ import trio
 
 from discoverd.consensus.messages import InstallSnapshot, Message
 from discoverd.errors import ClientError, PeerError
+from discoverd.server.tls import handshake_failure
 from discoverd.wire.framing import FrameDecoder, FrameError, encode_frame
 from discoverd.wire.peer_codec import decode_message, encode_message
 
@@ -242,6 +244,11 @@ class PeerTransport:
         probe_interval: seconds between round-trip probes on each outbound connection
             (the first right after connecting); ``None``: no probes.
         on_rtt: called ``(peer, seconds)`` with each probe's round-trip time.
+        server_ssl: accepted connections are TLS with this context (https:// peer URLs);
+            a failed handshake refuses the connection before it can say anything.
+        client_ssl: the context for dials over TLS (the peer's name is verified).
+        dial_tls: whether to dial an address over TLS (its peer URL is https://);
+            default: every address when ``client_ssl`` is given.
 
     Raises:
         ClientError: a limit is not positive, or ``chunk_bytes`` leaves no room for a
@@ -265,6 +272,9 @@ class PeerTransport:
         rng: random.Random | None = None,
         probe_interval: float | None = None,
         on_rtt: RttCallback | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        dial_tls: Callable[[tuple[str, int]], bool] | None = None,
     ) -> None:
         if queue_limit <= 0 or chunk_bytes <= 0 or dial_timeout <= 0:
             raise ClientError("queue_limit, chunk_bytes and dial_timeout must be positive")
@@ -290,11 +300,18 @@ class PeerTransport:
         self._rng = rng if rng is not None else random.Random()
         self._probe_interval = probe_interval
         self.on_rtt = on_rtt
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._dial_tls = dial_tls if dial_tls is not None else (
+            lambda addr: client_ssl is not None)
 
         self.stats: dict[int, PeerStats] = {}
         """Per-peer counters, kept after a peer is removed so that they stay monotonic."""
         self.inbound_refused = 0
-        """Inbound connections refused at the handshake (wrong cluster, wrong id, garbage)."""
+        """Inbound connections refused at the handshake (wrong cluster, wrong id, garbage,
+        a failed TLS handshake)."""
+        self.inbound_tls_refused = 0
+        """Of those, the ones whose TLS handshake failed (no or an untrusted certificate)."""
         self.inbound_protocol_errors = 0
         """Accepted connections dropped because the peer sent something malformed."""
         self.dropped_unknown_peer = 0
@@ -512,18 +529,23 @@ class PeerTransport:
                 self._on_unreachable(link.peer)
                 await trio.sleep(self._backoff(1))
 
-    async def _dial(self, link: _Link) -> trio.SocketStream | None:
+    async def _dial(self, link: _Link) -> trio.abc.Stream | None:
         """Connect and handshake within ``dial_timeout``; None (and a log line) on failure."""
         host, port = link.addr
         hello = {"proto": PROTO, "cluster": self.cluster_id, "from": self.member_id,
                  "to": link.peer}
-        stream: trio.SocketStream | None = None
+        stream: trio.abc.Stream | None = None
         answer: object = None
         connected = False
+        tls = self._client_ssl is not None and self._dial_tls(link.addr)
         try:
             with trio.fail_after(self._dial_timeout):
-                stream = await trio.open_tcp_stream(host, port)
-                refuse_self_connection(stream.socket)
+                raw = stream = await trio.open_tcp_stream(host, port)
+                refuse_self_connection(raw.socket)
+                if tls:
+                    assert self._client_ssl is not None
+                    stream = trio.SSLStream(raw, self._client_ssl, server_hostname=host)
+                    await stream.do_handshake()
                 await stream.send_all(encode_frame(cbor2.dumps(hello)))
                 frame = await _receive_frame(stream, FrameDecoder(_HANDSHAKE_FRAME_BYTES))
             answer = _loads(frame, "handshake answer")
@@ -534,7 +556,12 @@ class PeerTransport:
             self._problem(link, "info", "peer unreachable", reason="dial timed out")
             return None
         except (*_STREAM_ERRORS, PeerError, FrameError) as e:
-            self._problem(link, "info", "peer unreachable", reason=_reason(e))
+            if tls and _is_tls_error(e):
+                # A certificate problem is a misconfiguration, not a peer being down.
+                self._problem(link, "warning", "peer refused: TLS",
+                              reason=f"TLS: {handshake_failure(e)}")
+            else:
+                self._problem(link, "info", "peer unreachable", reason=_reason(e))
             return None
         finally:
             if stream is not None and not connected:
@@ -545,7 +572,7 @@ class PeerTransport:
         self._problem(link, "warning", "refused by peer", reason=error)
         return None
 
-    async def _pump(self, link: _Link, stream: trio.SocketStream) -> str:
+    async def _pump(self, link: _Link, stream: trio.abc.Stream) -> str:
         """Write queued work to ``stream`` until it breaks; return why it broke.
 
         A watcher reads the stream at the same time: the acceptor never writes after the
@@ -581,7 +608,7 @@ class PeerTransport:
             link.wakeup.set()
             await trio.sleep(interval)
 
-    async def _write_probes(self, link: _Link, stream: trio.SocketStream) -> None:
+    async def _write_probes(self, link: _Link, stream: trio.abc.Stream) -> None:
         """Pongs first (a peer is timing them), then our ping if one is due."""
         pongs, link.pongs = link.pongs, []
         for n in pongs:
@@ -595,7 +622,7 @@ class PeerTransport:
                 del link.pings[next(iter(link.pings))]  # the oldest: dicts keep order
             await self._write_frame(link, stream, cbor2.dumps({"ping": n}))
 
-    async def _write_loop(self, link: _Link, stream: trio.SocketStream) -> None:
+    async def _write_loop(self, link: _Link, stream: trio.abc.Stream) -> None:
         """Take everything queued, write it as few frames as possible, then at most one
         snapshot chunk, and go round again (so batches interleave with a long transfer)."""
         while True:
@@ -667,7 +694,7 @@ class PeerTransport:
             self._on_unreachable(link.peer)
         return frames
 
-    async def _write_frame(self, link: _Link, stream: trio.SocketStream, payload: bytes) -> None:
+    async def _write_frame(self, link: _Link, stream: trio.abc.Stream, payload: bytes) -> None:
         frame = encode_frame(payload)
         await stream.send_all(frame)
         link.stats.frames_sent += 1
@@ -722,10 +749,26 @@ class PeerTransport:
 
     # ------------------------------------------------------------------ inbound
 
-    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+    async def _handle_inbound(self, raw: trio.SocketStream) -> None:
         """One accepted connection: handshake, then read frames until it ends or misbehaves.
         ``serve_listeners`` closes the stream when this returns."""
-        remote = _remote(stream)
+        remote = _remote(raw)
+        stream: trio.abc.Stream = raw
+        if self._server_ssl is not None:
+            tls = trio.SSLStream(raw, self._server_ssl, server_side=True)
+            try:
+                with trio.fail_after(self._accept_timeout):
+                    await tls.do_handshake()
+            except (trio.TooSlowError, *_STREAM_ERRORS) as e:
+                # No (or an untrusted) certificate under --peer-client-cert-auth, or not
+                # TLS at all: it never reaches the peer handshake, let alone Raft.
+                self.inbound_refused += 1
+                self.inbound_tls_refused += 1
+                self._log.warning("peer refused: TLS handshake failed", remote=remote,
+                                  reason="no handshake in time"
+                                  if isinstance(e, trio.TooSlowError) else handshake_failure(e))
+                return
+            stream = tls
         decoder = FrameDecoder(_HANDSHAKE_FRAME_BYTES)
         try:
             with trio.fail_after(self._accept_timeout):
@@ -807,12 +850,13 @@ class PeerTransport:
             )
         return frm, "", ""
 
-    async def _refuse(self, stream: trio.SocketStream, reason: str) -> None:
+    async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
         """Tell the dialler why, then close once it has had a chance to read it (closing
         with unread input would reset the connection and lose the answer)."""
         try:
             await stream.send_all(encode_frame(cbor2.dumps({"ok": False, "error": reason})))
-            await stream.send_eof()
+            if isinstance(stream, trio.abc.HalfCloseableStream):  # TLS cannot half-close
+                await stream.send_eof()
             with trio.move_on_after(_REFUSAL_LINGER_SECONDS):
                 while await stream.receive_some(_RECEIVE_BYTES):
                     pass
@@ -820,7 +864,7 @@ class PeerTransport:
             pass
 
     async def _read_loop(
-        self, stream: trio.SocketStream, decoder: FrameDecoder, conn: _Inbound
+        self, stream: trio.abc.Stream, decoder: FrameDecoder, conn: _Inbound
     ) -> None:
         while True:
             while (frame := decoder.next_frame()) is not None:
@@ -924,7 +968,7 @@ def refuse_self_connection(sock: Any) -> None:
         raise ConnectionRefusedError(errno.ECONNREFUSED, "connected to itself: no listener")
 
 
-async def _receive_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> bytes:
+async def _receive_frame(stream: trio.abc.Stream, decoder: FrameDecoder) -> bytes:
     """Read until ``decoder`` yields a frame. Raises PeerError on EOF before one."""
     while (frame := decoder.next_frame()) is None:
         data = await stream.receive_some(_RECEIVE_BYTES)
@@ -949,6 +993,15 @@ def _decode(data: bytes) -> Message:
         raise
     except Exception as e:  # the codec validates, but a peer must never crash us
         raise PeerError(f"undecodable message: {e!r:.200}") from e
+
+
+def _is_tls_error(e: BaseException) -> bool:
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _remote(stream: trio.SocketStream) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from discoverd.errors import NoLeader, TooManyWatches, WatchNotFound
+from discoverd.kv.limits import check_request_sizes
 from discoverd.kv.store import MvccStore
 from discoverd.kv.watch import BatchKind, WatchHub
 from discoverd.member.core import MemberCore
@@ -39,6 +40,7 @@ class WatchService:
         tick_seconds: float,
         max_watches_per_connection: int,
         log: Any,
+        max_key_bytes: int = 8 * 1024,
     ) -> None:
         self.core = core
         self.hub = hub
@@ -48,6 +50,7 @@ class WatchService:
         self.election_timeout = election_timeout
         self.tick_seconds = tick_seconds
         self.max_watches = max_watches_per_connection
+        self.max_key_bytes = max_key_bytes
         self.log = log
         self._events: dict[int, trio.Event] = {}
         self._watching: set[Connection] = set()
@@ -82,6 +85,7 @@ class WatchService:
         if not self.core.leader or self.no_leader:
             raise NoLeader()
         wreq = decode_watch(req)
+        check_request_sizes(wreq, self.max_key_bytes, 0)  # a watch carries no value
         mine: set[int] = conn.state.setdefault("watches", set())
         if len(mine) >= self.max_watches:
             raise TooManyWatches(

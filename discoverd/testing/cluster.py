@@ -4,7 +4,9 @@
 data dirs), and offers the faults tests need: ``kill`` (SIGKILL), ``pause``/``resume``
 (SIGSTOP/SIGCONT), ``stop`` (SIGTERM, graceful), ``restart``; with ``peer_proxies=True``
 every member-to-member connection also passes a fault-injecting proxy (``cluster.faults``,
-see ``discoverd.testing.netfaults``). ``NativeClient`` is a minimal
+see ``discoverd.testing.netfaults``); with ``tls=True`` every member serves clients and
+peers over TLS with mutual certificate checks (``cluster.tls``: the files and the flags a
+client needs). ``NativeClient`` is a minimal
 blocking client of the native protocol — just enough to drive and observe a member; the SDK
 (``discoverd.sdk``) is what applications use.
 
@@ -20,6 +22,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -33,6 +36,7 @@ import cbor2
 
 from discoverd.server.config import member_id_for
 from discoverd.testing.netfaults import PeerFaults, PeerProxy
+from discoverd.tls_certs import CertificateAuthority
 
 T = TypeVar("T")
 
@@ -97,8 +101,16 @@ def wait_for(
 class NativeClient:
     """One connection to one member; requests are sent and answered one at a time."""
 
-    def __init__(self, port: int, *, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, *, timeout: float = 5.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if ssl_context is not None:
+            try:
+                sock = ssl_context.wrap_socket(sock, server_hostname="127.0.0.1")
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.sock.sendall(b"DSC1")
         self._ids = itertools.count(1)
 
@@ -153,12 +165,66 @@ class NativeClient:
 
 def peer_url(m: MemberProcess) -> str:
     """The peer URL ``m`` advertises (its proxy's, when the cluster has peer proxies)."""
-    return f"http://127.0.0.1:{m.advertised_peer_port or m.peer_port}"
+    return f"{m.scheme}://127.0.0.1:{m.advertised_peer_port or m.peer_port}"
 
 
 def endpoints(members: list[MemberProcess]) -> str:
-    """``--endpoints`` for these members (comma-separated ``127.0.0.1:PORT``)."""
-    return ",".join(f"127.0.0.1:{m.client_port}" for m in members)
+    """``--endpoints`` for these members (comma-separated ``127.0.0.1:PORT``, or
+    ``https://127.0.0.1:PORT`` for TLS members)."""
+    return ",".join(f"https://127.0.0.1:{m.client_port}" if m.scheme == "https"
+                    else f"127.0.0.1:{m.client_port}" for m in members)
+
+
+@dataclass
+class ClusterTls:
+    """The certificates of a ``ProcessCluster(tls=True)``: one CA; per member a
+    certificate used for its client port, its peer port and its dials; one client
+    certificate (CN ``client``) for the SDK, the CLI and ``NativeClient``."""
+
+    ca: CertificateAuthority
+    client_cert: Path
+    client_key: Path
+    members: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, root: Path) -> ClusterTls:
+        ca = CertificateAuthority.create("ca", root / "tls")
+        cert, key = ca.issue("client", common_name="client")
+        return cls(ca, cert, key)
+
+    @property
+    def cacert(self) -> Path:
+        return self.ca.cert_path
+
+    def member_files(self, name: str) -> tuple[Path, Path]:
+        """``name``'s certificate and key, issued on first use."""
+        if name not in self.members:
+            self.members[name] = self.ca.issue(name, common_name=name)
+        return self.members[name]
+
+    def serve_flags(self, name: str) -> list[str]:
+        """``discoverd serve`` flags: TLS on both ports, certificates required on both."""
+        cert, key = (str(p) for p in self.member_files(name))
+        ca = str(self.cacert)
+        return ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca,
+                "--client-cert-auth", "--peer-cert-file", cert, "--peer-key-file", key,
+                "--peer-trusted-ca-file", ca, "--peer-client-cert-auth"]
+
+    def sdk_kwargs(self) -> dict[str, str]:
+        """``cacert=``, ``cert=``, ``key=`` for ``discoverd.sdk.Client``."""
+        return {"cacert": str(self.cacert), "cert": str(self.client_cert),
+                "key": str(self.client_key)}
+
+    def cli_flags(self) -> list[str]:
+        """``--cacert``, ``--cert``, ``--key`` for the ``discoverd`` CLI."""
+        return ["--cacert", str(self.cacert), "--cert", str(self.client_cert),
+                "--key", str(self.client_key)]
+
+    def client_context(self) -> ssl.SSLContext:
+        """What a blocking client (``NativeClient``, ``http.client``) dials members with."""
+        ctx = ssl.create_default_context(cafile=str(self.cacert))
+        ctx.load_cert_chain(self.client_cert, self.client_key)
+        return ctx
 
 
 @dataclass
@@ -177,13 +243,17 @@ class MemberProcess:
     launcher: list[str] = field(default_factory=lambda: ["-m", "discoverd.cli"])
     """What runs ``serve``: the real CLI, or a deliberately broken build
     (``discoverd.testing.mutants``) that the fault tests must catch."""
+    scheme: str = "http"
+    """Of its client and peer URLs: "https" in a ``tls=True`` cluster."""
+    ssl_context: ssl.SSLContext | None = None
+    """What ``client()`` dials with (a TLS cluster's client certificate)."""
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def client(self, timeout: float = 5.0) -> NativeClient:
-        return NativeClient(self.client_port, timeout=timeout)
+        return NativeClient(self.client_port, timeout=timeout, ssl_context=self.ssl_context)
 
     def status(self) -> dict[str, Any]:
         with self.client(timeout=2.0) as c:
@@ -206,11 +276,18 @@ class ProcessCluster:
         election_ms: int = 500,
         extra_args: list[str] | None = None,
         peer_proxies: bool = False,
+        tls: bool = False,
     ) -> None:
         """``peer_proxies``: each member listens for peers on its own port but advertises
         the port of a proxy in front of it, so that every connection to it from a peer
-        passes the proxy and ``self.faults`` can cut, delay or thin it."""
+        passes the proxy and ``self.faults`` can cut, delay or thin it (plain TCP only).
+        ``tls``: certificates in ``root/tls`` (``self.tls``), https:// client and peer
+        URLs, client and peer certificates required."""
         self.root = root
+        assert not (tls and peer_proxies), "the peer proxies do not speak TLS"
+        self.tls: ClusterTls | None = ClusterTls.create(root) if tls else None
+        self._scheme = "https" if tls else "http"
+        self._client_ssl = self.tls.client_context() if self.tls is not None else None
         self.faults: PeerFaults | None = (
             PeerFaults(resolve=lambda name: self.member_id(self.member(name)),
                        roster=lambda: [m.name for m in self.members])
@@ -224,8 +301,9 @@ class ProcessCluster:
         self._extra_args = list(extra_args or [])
         names = [f"m{i}" for i in range(1, size + 1)]
         ports = {n: (free_port(), free_port()) for n in names}
-        initial = ",".join(f"{n}=http://127.0.0.1:{self.advertised_peer_port(n, ports[n][1])}"
-                           for n in names)
+        initial = ",".join(
+            f"{n}={self._scheme}://127.0.0.1:{self.advertised_peer_port(n, ports[n][1])}"
+            for n in names)
         for n in names:
             self.members.append(self._member(n, *ports[n], initial))
         self.election_s = election_ms / 1000
@@ -236,20 +314,23 @@ class ProcessCluster:
         ``DISCOVERD_*`` environment (``MemberProcess.env``)."""
         data_dir = self.root / f"{name}.discoverd"
         aport = self.advertised_peer_port(name, pport)
+        scheme = self._scheme
         identity = [] if initial_cluster is None else [
-            "--name", name, "--initial-advertise-peer-urls", f"http://127.0.0.1:{aport}",
+            "--name", name, "--initial-advertise-peer-urls", f"{scheme}://127.0.0.1:{aport}",
             "--initial-cluster", initial_cluster]
+        tls = self.tls.serve_flags(name) if self.tls is not None else []
         args = [
             *identity, "--data-dir", str(data_dir),
-            "--listen-client-urls", f"http://127.0.0.1:{cport}",
-            "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-            "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+            "--listen-client-urls", f"{scheme}://127.0.0.1:{cport}",
+            "--advertise-client-urls", f"{scheme}://127.0.0.1:{cport}",
+            "--listen-peer-urls", f"{scheme}://127.0.0.1:{pport}",
             "--initial-cluster-token", self.token,
-            *self._timing, *self._extra_args, *extra,
+            *self._timing, *tls, *self._extra_args, *extra,
         ]
         return MemberProcess(name, cport, pport, data_dir, args,
                              log_path=self.root / f"{name}.log",
-                             advertised_peer_port=aport if aport != pport else 0)
+                             advertised_peer_port=aport if aport != pport else 0,
+                             scheme=scheme, ssl_context=self._client_ssl)
 
     def advertised_peer_port(self, name: str, peer_port: int) -> int:
         """The peer port member ``name``, listening on ``peer_port``, advertises:
@@ -310,7 +391,7 @@ class ProcessCluster:
         else:
             if initial_cluster is None:
                 initial_cluster = ",".join([*(f"{m.name}={peer_url(m)}" for m in self.members),
-                                            f"{name}=http://127.0.0.1:{aport}"])
+                                            f"{name}={self._scheme}://127.0.0.1:{aport}"])
             m = self._member(name, cport, pport, initial_cluster,
                              "--initial-cluster-state", "existing", *extra)
         self.members.append(m)

@@ -88,6 +88,10 @@ _STATUS: dict[str, int] = {
     "request_too_large": 413,
     "lease_exists": 409,
     "too_many_watches": 429,
+    "key_too_large": 413,
+    "value_too_large": 413,
+    "too_many_streams": 429,
+    "too_many_requests": 429,
     # codes of this API only
     "not_found": 404,
     "method_not_allowed": 405,
@@ -113,7 +117,7 @@ def error_response(err: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
     leader = err.get("leader")
     if isinstance(leader, int) and leader:
         body["leader"] = format_member_id(leader)
-    for name in ("expected", "generation"):
+    for name in ("expected", "generation", "retry_after"):
         if name in err:
             body[name] = err[name]
     return error_status(code), body

@@ -146,7 +146,7 @@ def test_reconcile_makes_the_ids_raft_s_taking_missing_ones_from_the_seed() -> N
     assert not t.reconcile(ConfState(voters=(A, B), learners=(C,)))  # consistent: no change
 
 
-def test_kv_machine_snapshot_is_format_3_with_members_and_reads_format_2() -> None:
+def test_kv_machine_snapshot_has_members_and_reads_format_2() -> None:
     m = KvMachine(members_seed=SEED)
     for i, n in enumerate((A, B, C), 1):
         m.apply(Entry(1, i, EntryKind.CONF_CHANGE, cc(ConfChangeKind.ADD_VOTER, n).encode()))
@@ -158,13 +158,14 @@ def test_kv_machine_snapshot_is_format_3_with_members_and_reads_format_2() -> No
     assert isinstance(m.apply(Entry(2, 6, EntryKind.NORMAL, encode_command(
         "member_update", {"member": D, "peer_urls": ["http://h:4"]}))), MemberNotFound)
     image = cbor2.loads(m.snapshot())
-    assert image["format"] == SNAPSHOT_FORMAT == 3
+    assert image["format"] == SNAPSHOT_FORMAT == 4  # 4: with the auth store
     restored = KvMachine()
     restored.restore(m.snapshot())
     assert restored.members.members() == m.members.members()
 
     # A format-2 image (written before the table existed): the table comes from the seed.
     del image["members"]
+    del image["auth"]
     image["format"] = 2
     old = KvMachine(members_seed={A: ("a", ["http://h:1"]), D: ("d", ["http://h:4"])})
     old.restore(cbor2.dumps(image))

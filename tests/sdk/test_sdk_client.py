@@ -606,7 +606,7 @@ def test_misuse_is_a_client_error(backend: str) -> None:
         with pytest.raises(ClientError):
             AsyncClient([])
         with pytest.raises(ClientError):
-            AsyncClient("https://127.0.0.1:2379")
+            AsyncClient("ftp://127.0.0.1:2379")  # https:// is TLS (tests/server/test_tls.py)
 
     run(backend, body, bound=10)
 

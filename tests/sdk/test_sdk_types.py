@@ -136,7 +136,9 @@ def test_endpoint_parsing() -> None:
     assert parse_endpoint("h") == Endpoint("h", 2379)
     assert parse_endpoint("[::1]:5") == Endpoint("::1", 5)
     assert str(parse_endpoint("[::1]")) == "[::1]:2379"
-    for bad in ("https://h:1", "h:0", "h:x", "", "[::1", "http://"):
+    assert parse_endpoint("https://h:1").tls
+    assert not parse_endpoint("http://h:1").tls
+    for bad in ("ftp://h:1", "h:0", "h:x", "", "[::1", "http://"):
         with pytest.raises(ClientError):
             parse_endpoint(bad)
 

@@ -84,5 +84,6 @@ def agent(ctx: click.Context, /, **kwargs: Any) -> None:
         options.directory))
     code = anyio.run(lambda: run_agent(
         options, endpoints=list(g.endpoints), dial_timeout=g.dial_timeout,
-        command_timeout=g.command_timeout, once=kwargs["once"], log=log), backend="trio")
+        command_timeout=g.command_timeout, once=kwargs["once"], log=log, cacert=g.cacert,
+        cert=g.cert, key=g.key), backend="trio")
     ctx.exit(code)

@@ -7,6 +7,12 @@ Starts ``--members`` ``discoverd serve`` processes on 127.0.0.1 (client ports ``
 exits until Ctrl-C or SIGTERM, which stops all members gracefully (a leader hands over
 first) and exits 0. Restarting the command reuses the data: the cluster comes back as it
 was.
+
+``--tls``: a throwaway CA (kept in ``<data-dir>/tls``, so clients configured with its path
+keep working across runs) and a certificate per member; client and peer URLs are https://,
+peers must present a certificate from the CA (mutual TLS), and the command prints the
+``--endpoints``/``--cacert`` to connect with (plus a client certificate, for trying
+``--client-cert-auth`` members).
 """
 
 from __future__ import annotations
@@ -42,10 +48,20 @@ class _Member:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    scheme: str = "http"
+    tls_flags: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"{self.scheme}://{self.endpoint}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.peer_port}"
 
 
 def _check_free(port: int) -> None:
@@ -71,12 +87,33 @@ def _plan(members: int, port: int, root: Path) -> list[_Member]:
 def _serve_args(m: _Member, initial: str, heartbeat: int, election: int) -> list[str]:
     return [sys.executable, "-m", "discoverd.cli", "serve", "--name", m.name,
             "--data-dir", str(m.data_dir),
-            "--listen-client-urls", f"http://{m.endpoint}",
-            "--advertise-client-urls", f"http://{m.endpoint}",
-            "--listen-peer-urls", f"http://127.0.0.1:{m.peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer_port}",
+            "--listen-client-urls", m.client_url,
+            "--advertise-client-urls", m.client_url,
+            "--listen-peer-urls", m.peer_url,
+            "--initial-advertise-peer-urls", m.peer_url,
             "--initial-cluster", initial, "--initial-cluster-token", "discoverd-dev",
-            "--heartbeat-interval", str(heartbeat), "--election-timeout", str(election)]
+            "--heartbeat-interval", str(heartbeat), "--election-timeout", str(election),
+            *m.tls_flags]
+
+
+def _make_certs(root: Path, plan: list[_Member]) -> tuple[Path, Path, Path]:
+    """The dev CA (created once, then reused) and fresh member and client certificates;
+    returns the CA certificate and the client certificate and key."""
+    from discoverd.tls_certs import CertificateAuthority
+
+    tls_dir = root / "tls"
+    try:
+        ca = CertificateAuthority.load("ca", tls_dir)
+    except (OSError, ValueError):
+        ca = CertificateAuthority.create("ca", tls_dir)
+    for m in plan:
+        cert, key = (str(p) for p in ca.issue(m.name, common_name=m.name))
+        m.scheme = "https"
+        m.tls_flags = ("--cert-file", cert, "--key-file", key,
+                       "--peer-cert-file", cert, "--peer-key-file", key,
+                       "--peer-trusted-ca-file", str(ca.cert_path), "--peer-client-cert-auth")
+    client_cert, client_key = ca.issue("client", common_name="root")
+    return ca.cert_path, client_cert, client_key
 
 
 class _Stop(Exception):
@@ -99,8 +136,11 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
               help="Heartbeat interval (ms).")
 @click.option("--election-timeout", type=int, default=1000, show_default=True,
               help="Election timeout (ms).")
+@click.option("--tls", is_flag=True, default=False,
+              help="TLS on client and peer ports (peers mutually authenticated), with "
+                   "certificates from a throwaway CA under --data-dir.")
 def dev(members: int, port: int, data_dir: Path, heartbeat_interval: int,
-        election_timeout: int) -> None:
+        election_timeout: int, tls: bool) -> None:
     """Run a local cluster in the foreground until Ctrl-C."""
     from discoverd.sdk import Client
 
@@ -110,7 +150,11 @@ def dev(members: int, port: int, data_dir: Path, heartbeat_interval: int,
     for m in plan:
         _check_free(m.client_port)
         _check_free(m.peer_port)
-    initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in plan)
+    cacert: Path | None = None
+    client_cert = client_key = Path()
+    if tls:
+        cacert, client_cert, client_key = _make_certs(root, plan)
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in plan)
     out: IO[str] = sys.stdout
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -123,11 +167,18 @@ def dev(members: int, port: int, data_dir: Path, heartbeat_interval: int,
             log.close()
             print(f"{m.name}: pid {m.proc.pid}, client {m.endpoint}, peer "
                   f"127.0.0.1:{m.peer_port}, data {m.data_dir}, log {m.log_path}", file=out)
-        endpoints = ",".join(m.endpoint for m in plan)
-        with Client(endpoints, dial_timeout=0.5, command_timeout=2.0) as client:
+        endpoints = ",".join(m.client_url if tls else m.endpoint for m in plan)
+        with Client(endpoints, dial_timeout=0.5, command_timeout=2.0,
+                    cacert=cacert) as client:
             ids: dict[int, str] = {}
             leader = _wait_ready(client, plan, ids)
             print(f"ready: {members} member(s), leader {leader}", file=out)
+            if cacert is not None:
+                print(f"connect with: discoverd --endpoints {endpoints} --cacert {cacert}",
+                      file=out)
+                print(f"client certificate (for --client-cert-auth members): --cert "
+                      f"{client_cert} --key {client_key}", file=out)
+                print(f"export DISCOVERD_CACERT={cacert}", file=out)
             print(f"export DISCOVERD_ENDPOINTS={endpoints}", file=out, flush=True)
             _follow(client, plan, ids, leader, out)
     except _Stop as stop:

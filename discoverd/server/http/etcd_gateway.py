@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from discoverd.errors import DiscoverdError, Unavailable
+from discoverd.server.http import etcd_auth
 from discoverd.server.http.etcd_responses import (
     JSON_HEADERS,
     etcd_error,
@@ -67,6 +68,7 @@ UNARY: dict[str, tuple[str, _Decode, _Encode]] = {
     "/v3/lease/leases": ("lease_leases", _ignore_body, ej.encode_lease_leases),
     "/v3/cluster/member/list": ("member_list", _ignore_body, ej.encode_member_list),
     "/v3/maintenance/status": ("status", _ignore_body, ej.encode_status),
+    **etcd_auth.ROUTES,  # /v3/auth/...
 }
 ALIASES = {
     # etcd's older lease paths, still served by 3.4 (etcd3gw revokes and reads TTLs there)
@@ -110,13 +112,16 @@ async def version(req: HttpRequest, ctx: GatewayContext) -> HttpResponse:
 async def health(req: HttpRequest, ctx: GatewayContext) -> HttpResponse:
     """etcd's ``/health``: true when the member knows a leader, no alarm is active (a
     NOSPACE member refuses writes) and a linearizable read completes — a quorum answers —
-    in time."""
+    in time. The read is ``auth_status``, which needs no credentials, so a member with
+    authentication on is not reported unhealthy for it."""
     healthy = False
     with trio.move_on_after(HEALTH_TIMEOUT):
         try:
             status = await ctx.call("status", {})
             if status.get("leader") and not status.get("errors"):
-                await ctx.call("range", {"key": b"health", "count_only": True})
+                # A linearizable read that anyone may make, auth on or off: it completes
+                # only after a ReadIndex round, i.e. when a quorum answers.
+                await ctx.call("auth_status", {})
                 healthy = True
         except DiscoverdError:
             healthy = False

@@ -56,6 +56,18 @@ class StreamingResponse:
 MetricsSource = Callable[[], "tuple[bytes, str] | None"]
 
 
+def token_from_header(authorization: str | None) -> str | None:
+    """The auth token of an ``Authorization`` header: raw, as etcd's gateway takes it
+    (``Authorization: <token>``), or ``Bearer <token>`` as most HTTP clients send one."""
+    if authorization is None:
+        return None
+    value = authorization.strip()
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() == "bearer" and rest.strip():
+        value = rest.strip()
+    return value or None
+
+
 class GatewayContext:
     """What a handler may do with the member, for one request on one connection.
 
@@ -72,11 +84,22 @@ class GatewayContext:
         *,
         nursery: trio.Nursery,
         metrics: MetricsSource | None = None,
+        authorization: str | None = None,
     ) -> None:
         self.api = api
         self.conn = conn
+        self.token = token_from_header(authorization)
+        """From the request's ``Authorization`` header; every op and stream run for this
+        request carries it as the native ``token`` field (and only it: a ``token`` in a
+        JSON body is dropped, so the header is the one way to authenticate over HTTP)."""
         self._nursery = nursery
         self._metrics = metrics
+
+    def _authorize(self, req: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in req.items() if k != "token"}
+        if self.token is not None:
+            out["token"] = self.token
+        return out
 
     def _check_size(self, op: str, req: dict[str, Any]) -> None:
         """The native limit is on the frame: measure the frame this request would be."""
@@ -92,6 +115,7 @@ class GatewayContext:
         started = trio.current_time()
         code = "canceled"
         try:
+            req = self._authorize(req)
             self._check_size(op, req)
             result = await self.api.call(op, req, self.conn)
             code = "ok"
@@ -111,8 +135,9 @@ class GatewayContext:
         handler = self.api.streams.get(op)
         if handler is None:
             raise ClientError(f"unknown stream op {op!r}")
+        req = self._authorize(req)
         self._check_size(op, req)
-        return handler(req, self.conn, emit)
+        return self.api.open_stream(op, req, self.conn, emit)  # judged as the native path
 
     def metrics_text(self) -> tuple[bytes, str]:
         """The member's metrics in Prometheus text format: (body, content type)."""

@@ -28,7 +28,7 @@ import h11
 import structlog
 import trio
 
-from discoverd.errors import DiscoverdError
+from discoverd.errors import DiscoverdError, TooManyRequests
 from discoverd.server.api_server import ClientApi, Connection, error_body
 from discoverd.server.http.router import (
     GatewayContext,
@@ -38,6 +38,8 @@ from discoverd.server.http.router import (
     Router,
     StreamingResponse,
 )
+from discoverd.server.limits import BoundedWrites
+from discoverd.wire import rest_json
 from discoverd.wire.etcd_json import GrpcCode, error_response, plain_error
 from discoverd.wire.etcd_json import dumps as json_dumps
 
@@ -114,6 +116,9 @@ class HttpServer:
         h = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         h.receive_data(bytes(data))
         max_body = body_limit(api.max_request_bytes)
+        # A client that stops reading must not hold this task (and a watch's resources).
+        stream = BoundedWrites(stream, api.write_timeout,
+                               lambda: api.closed_by("write_timeout", conn))
         while True:
             try:
                 request = await self._read_request(h, stream, conn, max_body)
@@ -122,10 +127,20 @@ class HttpServer:
                 await self._send_refusal(h, stream, r.response)
                 await _linger(stream)
                 return
-            if request is None:
-                return  # the client closed (or idled out) between requests
+            if request is None:  # the client closed (or idled out) between requests
+                if h.their_state is not h11.CLOSED:
+                    api.closed_by("idle", conn)
+                return
             self.requests += 1
-            keep_open = await self._respond(h, stream, request, api)
+            try:
+                api.check_rate(conn)
+            except TooManyRequests as e:
+                api.limit_refusals["rate"] += 1
+                await self._send_whole(h, stream, _rate_refusal(request.path, e),
+                                       head_only=request.method == "HEAD")
+                keep_open = True
+            else:
+                keep_open = await self._respond(h, stream, request, api)
             if not keep_open or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
                 return
             h.start_next_cycle()
@@ -252,7 +267,8 @@ class HttpServer:
         route = self.router.resolve(req.method, req.path)
         head_only = req.method == "HEAD"
         async with trio.open_nursery() as nursery:
-            ctx = GatewayContext(api, req.conn, nursery=nursery, metrics=self.metrics)
+            ctx = GatewayContext(api, req.conn, nursery=nursery, metrics=self.metrics,
+                                 authorization=req.headers.get("authorization"))
             resp: HttpResponse | StreamingResponse
             if route.handler is None:
                 resp = self._routing_error(req.method, req.path) or error(404, "no route")
@@ -348,6 +364,15 @@ class HttpServer:
             buffered += len(data)
             h.receive_data(bytes(data))
         await trio.sleep_forever()
+
+
+def _rate_refusal(path: str, exc: TooManyRequests) -> HttpResponse:
+    """429 with ``Retry-After`` (whole seconds, as HTTP has them) and the error body of
+    the API asked: etcd's shape for the gateway, discoverd's for ``/v1``."""
+    mapping = rest_json.error_response if path.startswith("/v1") else error_response
+    _, body = mapping(error_body(exc))
+    retry = max(1, math.ceil(exc.retry_after))
+    return HttpResponse(429, json_dumps(body), [JSON, ("retry-after", str(retry))])
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
