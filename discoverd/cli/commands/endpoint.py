@@ -75,15 +75,16 @@ def status(ctx: click.Context, /, cluster: bool, **flags: Any) -> None:
 
 
 def _check_health(g: Globals, ep: str) -> EndpointHealth:
-    """etcdctl's check: a linearizable read of the key ``health`` through this endpoint
-    alone (it needs a leader and a quorum to answer)."""
+    """etcdctl's check: a linearizable read through this endpoint alone (it needs a leader
+    and a quorum to answer) — of the auth status, which needs no credentials, so a cluster
+    with authentication on is not reported unhealthy for a missing permission."""
     from discoverd.errors import DiscoverdError
 
     start = time.monotonic_ns()
     try:
         with g.client((ep,)) as client:
             start = time.monotonic_ns()
-            client.get("health")
+            client.auth_status()
     except DiscoverdError as e:
         return EndpointHealth(ep, False, time.monotonic_ns() - start, etcd_error_message(e))
     return EndpointHealth(ep, True, time.monotonic_ns() - start)
