@@ -631,12 +631,15 @@ class Agent:
 async def run_agent(options: AgentOptions, *, endpoints: list[str], dial_timeout: float,
                     command_timeout: float, once: bool, log: Any = None,
                     cacert: str | None = None, cert: str | None = None,
-                    key: str | None = None) -> int:
+                    key: str | None = None, user: str | None = None,
+                    password: str | None = None) -> int:
     """The agent until SIGTERM/SIGINT (exit 0), or one sync with ``once`` (exit 1 if the
-    cluster did not answer). ``cacert``/``cert``/``key``: the CLI's TLS flags."""
+    cluster did not answer). ``cacert``/``cert``/``key``: the CLI's TLS flags;
+    ``user``/``password``: its credentials (the SDK logs in again when a token expires)."""
     log = log if log is not None else structlog.get_logger("discoverd.agent")
     async with AsyncClient(endpoints, dial_timeout=dial_timeout,
                            command_timeout=command_timeout, cacert=cacert, cert=cert, key=key,
+                           user=user, password=password,
                            cache_dir=options.state_path / "sdk-cache") as client:
         agent = Agent(options, client, log=log)
         if once:

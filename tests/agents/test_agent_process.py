@@ -416,3 +416,32 @@ def test_sigterm_while_offline_exits_cleanly(tmp_path: Path) -> None:
         assert agent.events("agent.stopped")
     finally:
         agent.kill()
+
+
+def test_agent_with_auth_needs_and_uses_credentials(tmp_path: Path) -> None:
+    """On a cluster with auth on, the agent syncs as the user ``--user`` names, within that
+    user's permissions; without credentials it stops with the member's refusal."""
+    with ProcessCluster(tmp_path, 1, extra_args=["--bcrypt-cost", "4"]).started() as cluster:
+        ep = endpoints_of(cluster)
+        with Client(ep) as admin:
+            admin.user_add("root", "rootpw")
+            admin.auth_enable()
+        with Client(ep, user="root", password="rootpw") as root:
+            root.role_add("cfg")
+            root.role_grant_permission("cfg", "readwrite", "/config/", prefix=True)
+            root.user_add("agent", "agentpw")
+            root.user_grant_role("agent", "cfg")
+            root.put("/config/app", '{"port": 80}')
+        conf = tmp_path / "conf"
+        args = [sys.executable, "-m", "discoverd.agents", "--dir", str(conf), "--prefix",
+                "/config/", "--log-format", "json", "--once", "--endpoints", ep]
+        refused = subprocess.run(args, capture_output=True, timeout=60)
+        assert refused.returncode != 0
+        assert b"user name is empty" in refused.stderr, refused.stderr.decode()[-2000:]
+        assert b"Traceback" not in refused.stderr, refused.stderr.decode()[-2000:]
+        assert not (conf / "app.json").exists()
+        done = subprocess.run([*args, "--user", "agent:agentpw"], capture_output=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert read_json(conf / "app.json") == {"port": 80}
+        assert b"agentpw" not in done.stderr

@@ -82,8 +82,9 @@ def agent(ctx: click.Context, /, **kwargs: Any) -> None:
         pull_format=kwargs["pull_format"])
     log = configure_logging(kwargs["log_format"], kwargs["log_level"], agent=str(
         options.directory))
+    user, password = g.credentials()
     code = anyio.run(lambda: run_agent(
         options, endpoints=list(g.endpoints), dial_timeout=g.dial_timeout,
         command_timeout=g.command_timeout, once=kwargs["once"], log=log, cacert=g.cacert,
-        cert=g.cert, key=g.key), backend="trio")
+        cert=g.cert, key=g.key, user=user, password=password), backend="trio")
     ctx.exit(code)
