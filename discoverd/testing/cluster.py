@@ -79,6 +79,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+
+def free_port_block(size: int) -> int:
+    """A port P with P..P+size-1 all free on 127.0.0.1 now (``discoverd dev`` takes
+    consecutive ports), below the ephemeral range as ``free_port``'s."""
+    low, _ = _ephemeral_ports()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        base = rng.randrange(10000, max(low, 10000 + 2 * size) - size, 2)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError(f"no block of {size} free ports")
+
+
 def wait_for(
     what: str, probe: Callable[[], T | None], *, timeout: float = 20.0, interval: float = 0.05
 ) -> T:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -13,25 +12,7 @@ import time
 from pathlib import Path
 
 from discoverd.sdk import Client
-
-
-def free_block(size: int) -> int:
-    """A port P with P..P+size-1 all free now."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 2)
-        socks = []
-        try:
-            for p in range(base, base + size):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError("no block of free ports")
+from discoverd.testing.cluster import free_port_block
 
 
 class DevProcess:
@@ -64,7 +45,7 @@ class DevProcess:
 
 
 def test_dev_runs_a_cluster_reports_leader_changes_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_block(6)
+    port = free_port_block(6)
     dev = DevProcess(tmp_path, "--port", str(port))
     try:
         export = dev.wait_line("export DISCOVERD_ENDPOINTS=")

@@ -23,10 +23,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from discoverd.testing.cluster import free_port
+from discoverd.testing.console import console_commands
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 ADDRESS = re.compile(r"(127\.0\.0\.1|localhost):(\d{4,5})")
@@ -74,29 +74,6 @@ if fmt: sys.stdout.write(fmt.replace("%{{http_code}}", str(resp.status))
 '''
 
 
-@dataclass
-class Command:
-    line: int
-    text: str
-    expected: list[str] = field(default_factory=list)
-
-
-def commands(text: str) -> list[Command]:
-    found: list[Command] = []
-    in_block = False
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.startswith("```"):
-            in_block = line.strip() == "```console"
-            continue
-        if not in_block:
-            continue
-        if line.startswith("$ "):
-            found.append(Command(number, line[2:]))
-        elif found and line.strip():
-            found[-1].expected.append(line.rstrip())
-    return found
-
-
 class Ports:
     def __init__(self) -> None:
         self.mapping: dict[str, int] = {}
@@ -124,7 +101,7 @@ def _wait_listening(command: str, proc: subprocess.Popen[bytes], log: Path) -> N
 
 
 def test_every_command_in_docs_security(tmp_path: Path) -> None:
-    found = commands(DOC.read_text())
+    found = console_commands(DOC.read_text())
     assert len(found) >= 15, "docs/security.md lost its examples"
     work = tmp_path / "work"
     work.mkdir()
@@ -145,7 +122,7 @@ def test_every_command_in_docs_security(tmp_path: Path) -> None:
     background: list[subprocess.Popen[bytes]] = []
     try:
         for cmd in found:
-            text = ports(cmd.text)
+            text = ports(cmd.command)
             where = f"docs/security.md:{cmd.line}: {text}"
             assigned = ASSIGN.match(text)
             if assigned:

@@ -28,6 +28,7 @@ from discoverd.testing.cluster import (
     ProcessCluster,
     endpoints,
     free_port,
+    free_port_block,
     wait_for,
 )
 from discoverd.tls_certs import CertificateAuthority
@@ -206,26 +207,8 @@ def test_a_client_refuses_a_member_with_an_expired_certificate(clusters: MakeClu
 # ------------------------------------------------------------------ discoverd dev --tls
 
 
-def free_block(size: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 30000, 2)
-        socks = []
-        try:
-            for p in range(base, base + size):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError("no block of free ports")
-
-
 def test_dev_tls_prints_how_to_connect_and_serves_over_tls(tmp_path: Path) -> None:
-    port = free_block(6)
+    port = free_port_block(6)
     proc = subprocess.Popen(
         [sys.executable, "-m", "discoverd.cli", "dev", "--tls", "--port", str(port)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -19,7 +19,7 @@ import json
 import re
 import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ import pytest
 
 from discoverd.server.http import Handler, Router, etcd_gateway
 from discoverd.testing.cluster import NativeClient, ProcessCluster, wait_for
+from discoverd.testing.console import ConsoleCommand, console_commands
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "http.md"
 VOLATILE = {"cluster_id", "member_id", "raft_term", "leader", "dbSize", "dbSizeInUse",
@@ -35,28 +36,12 @@ VOLATILE = {"cluster_id", "member_id", "raft_term", "leader", "dbSize", "dbSizeI
 BOUND = 10.0
 
 
-@dataclass
-class Example:
-    line: int
-    command: str
-    expected: list[str] = field(default_factory=list)
+Example = ConsoleCommand
 
 
 def examples(text: str) -> list[Example]:
     """``$ curl`` commands in ```console blocks, each with the lines printed under it."""
-    found: list[Example] = []
-    in_block = False
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.startswith("```"):
-            in_block = line.strip() == "```console"
-            continue
-        if not in_block:
-            continue
-        if line.startswith("$ "):
-            found.append(Example(number, line[2:]))
-        elif found and found[-1].line and line.strip():
-            found[-1].expected.append(line)
-    return found
+    return console_commands(text)
 
 
 @dataclass
