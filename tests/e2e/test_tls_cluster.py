@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from discoverd.errors import Unavailable
+from discoverd.errors import PermissionDenied, Unauthenticated, Unavailable
 from discoverd.sdk import Client
 from discoverd.testing.cluster import (
     NativeClient,
@@ -265,3 +265,47 @@ def test_dev_tls_prints_how_to_connect_and_serves_over_tls(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------ docs/security.md
+
+
+def test_a_client_certificate_names_the_user_when_auth_is_on(clusters: MakeCluster) -> None:
+    """etcd's CN authentication: on a --client-cert-auth member with auth on, a client that
+    sends no token is the user its certificate's CN names — natively and over HTTP — and is
+    held to that user's roles; a CN naming no user is unauthenticated."""
+    c = clusters(1, "--bcrypt-cost", "4", tls=True)
+    assert c.tls is not None
+    tls = c.tls
+    with c.started():
+        (m,) = c.members
+        c.wait_for_leader()
+        eps = endpoints(c.members)
+        with Client(eps, **tls.sdk_kwargs()) as admin:
+            admin.user_add("root", "rootpw")
+            admin.put("/cn/secret", "s")
+            admin.auth_enable()
+        with Client(eps, user="root", password="rootpw", **tls.sdk_kwargs()) as root:
+            root.role_add("cn-role")
+            root.role_grant_permission("cn-role", "readwrite", "/cn/mine/", prefix=True)
+            root.user_add("client", no_password=True)  # the CN of tls.client_cert
+            root.user_grant_role("client", "cn-role")
+        with Client(eps, **tls.sdk_kwargs()) as by_cert:  # no user, no password
+            by_cert.put("/cn/mine/a", "1")
+            assert by_cert.get("/cn/mine/a").kvs[0].value == b"1"
+            with pytest.raises(PermissionDenied):
+                by_cert.get("/cn/secret")
+        ctx = tls.client_context()
+        conn = http.client.HTTPSConnection("127.0.0.1", m.client_port, context=ctx,
+                                           timeout=10)
+        try:
+            for key, status in ((b"/cn/mine/a", 200), (b"/cn/secret", 403)):
+                conn.request("POST", "/v3/kv/range", json.dumps(
+                    {"key": base64.b64encode(key).decode()}))
+                resp = conn.getresponse()
+                body = resp.read()
+                assert resp.status == status, body
+        finally:
+            conn.close()
+        # A certificate whose CN is no user: unauthenticated, as with no certificate.
+        other_cert, other_key = tls.ca.issue("stranger", common_name="stranger")
+        with Client(eps, cacert=str(tls.cacert), cert=str(other_cert),
+                    key=str(other_key)) as stranger, pytest.raises(Unauthenticated):
+            stranger.get("/cn/mine/a")
