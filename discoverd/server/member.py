@@ -87,6 +87,7 @@ class Member:
             max_txn_ops=cfg.max_txn_ops, min_ttl=cfg.min_lease_ttl, grace=election_timeout,
             max_buffered_events=cfg.watch_buffer_events, members_seed=members,
         )
+        self._auth_revision_seen = self.machine.auth.revision
         self.metrics = MemberMetrics(self)  # reads the parts below at scrape time only
         self.core = MemberCore(
             raft_cfg, self.storage, self.metrics.timed(self.machine), random.Random(),
@@ -170,6 +171,9 @@ class Member:
         the watch streams the applied writes concern, and let the lessor follow leadership
         as soon as it changes."""
         self.membership.after_ready()
+        if self.machine.auth.revision != self._auth_revision_seen:
+            self._auth_revision_seen = self.machine.auth.revision
+            self.watches.rejudge(self.machine.auth)
         woken = self.machine.woken
         if woken:
             self.machine.woken = set()

@@ -22,6 +22,7 @@ from discoverd.errors import NoLeader, TooManyWatches, WatchNotFound
 from discoverd.kv.limits import check_request_sizes
 from discoverd.kv.store import MvccStore
 from discoverd.kv.watch import BatchKind, WatchHub
+from discoverd.machine.auth import AUTH_USER_FIELD, AuthStore
 from discoverd.member.core import MemberCore
 from discoverd.server.api_server import Connection, Emit, Handler, StreamHandler
 from discoverd.wire.lease_watch_codec import decode_watch, encode_event
@@ -53,6 +54,8 @@ class WatchService:
         self.max_key_bytes = max_key_bytes
         self.log = log
         self._events: dict[int, trio.Event] = {}
+        self._readers: dict[int, tuple[str | None, bytes, bytes]] = {}
+        """Each watch's user (None: made while auth was off) and range, for ``rejudge``."""
         self._watching: set[Connection] = set()
         self._leaderless_since: float | None = None
         self.no_leader = False
@@ -98,6 +101,9 @@ class WatchService:
         mine.add(wid)
         self._watching.add(conn)
         self._events[wid] = trio.Event()
+        user = req.get(AUTH_USER_FIELD)  # set by the auth gate when auth is on
+        self._readers[wid] = (user if isinstance(user, str) else None, wreq.key,
+                              wreq.range_end)
         try:
             await emit({"header": self._header(max(start - 1, 0)), "watch_id": wid,
                         "created": True,
@@ -105,6 +111,7 @@ class WatchService:
             await self._pump(wid, emit)
         finally:
             self.hub.remove(wid)
+            self._readers.pop(wid, None)
             mine.discard(wid)
             if not mine:
                 self._watching.discard(conn)
@@ -139,6 +146,28 @@ class WatchService:
                     frame["progress"] = True
                 self.events_sent += len(batch.events)
                 await emit(frame)
+
+    def rejudge(self, auth: AuthStore) -> None:
+        """After the auth state changed: end every watch whose user may no longer read its
+        range (or that was made while auth was off and has no user), so a revoked reader
+        gets no event applied after the revocation. Called after the Ready that applied the
+        change, before any watch stream can take that Ready's events."""
+        if not auth.enabled:
+            return
+        ended = set()
+        for wid, (user, key, range_end) in self._readers.items():
+            if user is None:
+                reason = "authentication was enabled: watch again as a user"
+            elif not auth.permitted(user, key, range_end, write=False):
+                reason = "etcdserver: permission denied"
+            else:
+                continue
+            self.hub.cancel(wid, reason)
+            ended.add(wid)
+        if ended:
+            self.log.info("watches ended by an auth change", watches=len(ended),
+                          auth_revision=auth.revision)
+            self.wake(ended)
 
     # ------------------------------------------------------------------ unary ops
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from discoverd.testing.cluster import ClientFailure, ProcessCluster, wait_for
@@ -127,3 +129,80 @@ def _refused_code(client: object, token: str) -> str | None:
     except ClientFailure as e:
         return e.code
     return None
+
+
+class RawWatch:
+    """A native watch stream on its own connection, frames read as they come."""
+
+    def __init__(self, port: int, key: bytes, range_end: bytes, token: str | None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        req: dict[str, object] = {"id": 1, "op": "watch", "key": key, "range_end": range_end}
+        if token is not None:
+            req["token"] = token
+        payload = cbor2.dumps(req)
+        self.sock.sendall(b"DSC1" + len(payload).to_bytes(4, "big") + payload)
+
+    def frame(self) -> dict[str, object]:
+        size = int.from_bytes(self._exact(4), "big")
+        answer: dict[str, object] = cbor2.loads(self._exact(size))
+        return answer
+
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            assert chunk, "the member closed the watch connection"
+            data += chunk
+        return data
+
+    def until_canceled(self) -> tuple[list[bytes], dict[str, object]]:
+        """Values delivered before the watch ended, and its final frame."""
+        values: list[bytes] = []
+        while True:
+            got = self.frame()
+            ok = got.get("ok")
+            assert isinstance(ok, dict), got
+            for ev in ok.get("events") or ():
+                values.append(ev["kv"]["value"])
+            if ok.get("canceled"):
+                return values, ok
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_running_watch_ends_when_its_reader_loses_the_permission(tmp_path: Path) -> None:
+    """A watch is judged when made and again at every auth change: revoking the reader's
+    permission (or enabling auth under a watch made without a user) ends it, and no event
+    applied after the change reaches it."""
+    with ProcessCluster(tmp_path, 1, extra_args=["--bcrypt-cost", "4"]).started() as cl:
+        (m,) = cl.members
+        port = m.client_port
+        anonymous = RawWatch(port, b"/w/", b"/w0", None)  # made while auth is off
+        assert anonymous.frame()["ok"]["created"]  # type: ignore[index]
+        with m.client() as c:
+            c.call("user_add", name="root", password="rootpw")
+            c.call("role_add", name="reader")
+            c.call("role_grant_permission", name="reader", perm={
+                "perm_type": "READ", "key": b"/w/", "range_end": b"/w0"})
+            c.call("user_add", name="alice", password="alicepw")
+            c.call("user_grant_role", user="alice", role="reader")
+            c.call("auth_enable")
+            _, last = anonymous.until_canceled()
+            assert "authentication was enabled" in str(last["cancel_reason"])
+            root = c.call("authenticate", name="root", password="rootpw")["token"]
+            alice = c.call("authenticate", name="alice", password="alicepw")["token"]
+            watch = RawWatch(port, b"/w/", b"/w0", alice)
+            assert watch.frame()["ok"]["created"]  # type: ignore[index]
+            c.call("put", key=b"/w/a", value=b"before", token=root)
+            c.call("role_revoke_permission", role="reader", key=b"/w/", range_end=b"/w0",
+                   token=root)
+            c.call("put", key=b"/w/a", value=b"after", token=root)
+            values, last = watch.until_canceled()
+            assert last["cancel_reason"] == "etcdserver: permission denied"
+            assert b"after" not in values
+            with pytest.raises(ClientFailure) as e:  # and she cannot watch it again
+                c.call("watch", key=b"/w/", range_end=b"/w0", token=alice)
+            assert e.value.code == "permission_denied"
+            watch.close()
+            anonymous.close()
