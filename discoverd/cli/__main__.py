@@ -22,6 +22,7 @@ from discoverd import __version__
 from discoverd.cli.commands.agent import agent
 from discoverd.cli.commands.alarm import alarm
 from discoverd.cli.commands.auth import auth
+from discoverd.cli.commands.bench import bench
 from discoverd.cli.commands.compaction import compaction
 from discoverd.cli.commands.config import config
 from discoverd.cli.commands.del_ import del_
@@ -52,7 +53,7 @@ def cli(**_globals: Any) -> None:
 
 for _command in (get, put, del_, txn, compaction, watch, lease, member, move_leader,
                  endpoint, services, config, snapshot, alarm, auth, user, role, agent, serve,
-                 dev, sim):
+                 dev, sim, bench):
     cli.add_command(_command)
 
 
