@@ -150,9 +150,13 @@ class NativeClient:
         self.sock.sendall(struct.pack(">I", len(payload)) + payload)
 
     def read_frame(self) -> Any:
+        return cbor2.loads(self.read_frame_bytes())
+
+    def read_frame_bytes(self) -> bytes:
+        """The next frame's payload as sent (for tests that inspect the raw answer)."""
         header = self._recv_exact(4)
         (size,) = struct.unpack(">I", header)
-        return cbor2.loads(self._recv_exact(size))
+        return self._recv_exact(size)
 
     def _recv_exact(self, n: int) -> bytes:
         buf = bytearray()

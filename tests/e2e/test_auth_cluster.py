@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import http.client
 import re
-import socket
 from pathlib import Path
 
 import cbor2
 import pytest
 
-from discoverd.testing.cluster import ClientFailure, ProcessCluster, wait_for
+from discoverd.testing.cluster import ClientFailure, NativeClient, ProcessCluster, wait_for
 
 PASSWORD = "Pw-7d1c9-UNIQUE-in-clear?"
 NEW_PASSWORD = "Pw-second-8e2f0-UNIQUE"
@@ -135,25 +134,15 @@ class RawWatch:
     """A native watch stream on its own connection, frames read as they come."""
 
     def __init__(self, port: int, key: bytes, range_end: bytes, token: str | None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.client = NativeClient(port, timeout=10)
         req: dict[str, object] = {"id": 1, "op": "watch", "key": key, "range_end": range_end}
         if token is not None:
             req["token"] = token
-        payload = cbor2.dumps(req)
-        self.sock.sendall(b"DSC1" + len(payload).to_bytes(4, "big") + payload)
+        self.client.send_raw(cbor2.dumps(req))
 
     def frame(self) -> dict[str, object]:
-        size = int.from_bytes(self._exact(4), "big")
-        answer: dict[str, object] = cbor2.loads(self._exact(size))
+        answer: dict[str, object] = self.client.read_frame()
         return answer
-
-    def _exact(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            assert chunk, "the member closed the watch connection"
-            data += chunk
-        return data
 
     def until_canceled(self) -> tuple[list[bytes], dict[str, object]]:
         """Values delivered before the watch ended, and its final frame."""
@@ -168,7 +157,7 @@ class RawWatch:
                 return values, ok
 
     def close(self) -> None:
-        self.sock.close()
+        self.client.close()
 
 
 def test_a_running_watch_ends_when_its_reader_loses_the_permission(tmp_path: Path) -> None:

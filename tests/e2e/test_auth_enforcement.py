@@ -349,17 +349,12 @@ def test_watches_on_a_range_the_caller_may_not_read_are_refused(setup: Setup,
 
 def test_a_refused_native_watch_sends_no_event(setup: Setup) -> None:
     """The refusal is the stream's only frame: nothing of the range leaks before it."""
-    with socket.create_connection(("127.0.0.1", setup.port), timeout=BOUND) as s:
-        payload = cbor2.dumps({"id": 1, "op": "watch", "key": b"/secret/",
-                               "range_end": b"/secret0", "start_revision": 1,
-                               "token": setup.alice})
-        s.sendall(b"DSC1" + len(payload).to_bytes(4, "big") + payload)
-        head = s.recv(4)
-        size = int.from_bytes(head, "big")
-        frame = b""
-        while len(frame) < size:
-            frame += s.recv(size - len(frame))
-        answer = cbor2.loads(frame)
+    with NativeClient(setup.port, timeout=BOUND) as c:
+        c.send_raw(cbor2.dumps({"id": 1, "op": "watch", "key": b"/secret/",
+                                "range_end": b"/secret0", "start_revision": 1,
+                                "token": setup.alice}))
+        frame = c.read_frame_bytes()
+    answer = cbor2.loads(frame)
     assert answer["err"]["code"] == "permission_denied"
     assert SECRET not in frame
 

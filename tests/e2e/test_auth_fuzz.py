@@ -22,7 +22,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -159,21 +158,10 @@ def _native(port: int, op: str, fields: dict[str, Any], token: str | None) -> An
     req = {"id": 1, "op": op, **fields}
     if token is not None:
         req["token"] = token
-    payload = cbor2.dumps(req)
-    with socket.create_connection(("127.0.0.1", port), timeout=BOUND) as s:
-        s.sendall(b"DSC1" + len(payload).to_bytes(4, "big") + payload)
-        head = _recv(s, 4)
-        frame = _recv(s, int.from_bytes(head, "big"))
+    with NativeClient(port, timeout=BOUND) as c:
+        c.send_raw(cbor2.dumps(req))
+        frame = c.read_frame_bytes()
     return cbor2.loads(frame), frame
-
-
-def _recv(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        assert chunk, "the member closed the connection without an answer"
-        data += chunk
-    return data
 
 
 def _b64(value: Any) -> Any:
