@@ -421,7 +421,9 @@ class Raft:
                 self.lead_transferee = NONE  # transfer did not finish in an election timeout
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
             self.heartbeat_elapsed = 0
-            self.bcast_heartbeat()
+            # A round still waiting rides on every periodic heartbeat: its own may have been
+            # lost, and no new round starts until it is confirmed (``flush_reads``).
+            self.bcast_heartbeat(self.read_only.last_round if self.read_only.rounds else 0)
 
     # ------------------------------------------------------------------ step
 
@@ -694,7 +696,8 @@ class Raft:
 
     def has_reads_to_flush(self) -> bool:
         if self.role is Role.LEADER:
-            return bool(self.read_only.queued) and self._committed_in_current_term()
+            return (bool(self.read_only.queued) and not self.read_only.rounds
+                    and self._committed_in_current_term())
         return bool(self.forward_reads) and self.lead != NONE
 
     def flush_reads(self) -> None:
@@ -708,6 +711,13 @@ class Raft:
         if not self.read_only.queued or not self._committed_in_current_term():
             # A new leader does not know the latest commit index until it commits an entry
             # of its own term (thesis §6.4 step 1): reads wait for that.
+            return
+        if self.read_only.rounds and self.conf_state.voters != (self.id,):
+            # One round in flight at a time (etcd's read loop does the same): reads that
+            # arrive meanwhile queue up and all share the next round, so under load a round
+            # confirms a whole batch instead of every Ready starting its own. A round whose
+            # heartbeats were lost is confirmed by the periodic heartbeat, which carries the
+            # newest round (see ``_tick_heartbeat``); its release starts the next one.
             return
         if self.conf_state.voters == (self.id,):
             reqs = self.read_only.queued

@@ -17,7 +17,11 @@ Output: a ``Ready``, handled like this (one ``Ready`` at a time):
    ``ready.dropped_reads`` (leadership changed under them: the client retries).
 5. Call ``advance(ready)``.
 
-Steps 3 and 4 may run in either order, but both only after step 2. The member keeps
+Steps 3 and 4 may run in either order, and step 3 only after step 2. Step 4 may start
+before step 2 for the committed entries this member already holds durably (index at most
+``raft.log.stable_index()`` when the Ready was taken; with no ``ready.snapshot``) and for the
+read states: a committed entry is final and a read state needs no disk. Applying those early
+saves an answer the wait for this Ready's fsync. The member keeps
 stepping messages and taking proposals while a ``Ready`` is being handled; what they produce
 goes into the next one, so a slow disk naturally batches many proposals into one write.
 """

@@ -5,6 +5,7 @@ It is the unit both runtimes drive: ``server/raft_loop.py`` (trio, real disk and
 ``testing/sim`` (one thread, simulated disk and network). Both run the same cycle:
 
     rd = core.begin()                    # take a Ready; send rd.early_messages at once
+    replies = core.apply_durable(rd)     # apply what is already on disk here; answer it
     core.storage.persist(rd...)          # the slow, blocking half (a worker thread in trio)
     done = core.complete(rd)             # memory half + apply; send done.messages, answer
                                          # done.replies, then run done.snapshot if any
@@ -144,6 +145,10 @@ class MemberCore:
         self._read_ctx: dict[bytes, int] = {}
         self._reads_waiting: list[tuple[int, int]] = []  # (index, request_id), sorted
         self._removed = False
+        self._applied_early = 0
+        """How many of the outstanding Ready's committed entries ``apply_durable`` applied."""
+        self._reads_taken = False
+        """Whether the outstanding Ready's read states were taken (by ``apply_durable``)."""
 
     def __repr__(self) -> str:
         return (
@@ -230,7 +235,35 @@ class MemberCore:
 
     def begin(self) -> Ready:
         """Take the next Ready. Send ``early_messages`` now; then ``storage.persist`` it."""
+        self._applied_early = 0
+        self._reads_taken = False
         return self.node.ready()
+
+    def apply_durable(self, rd: Ready) -> list[Reply]:
+        """Before ``persist(rd)``: apply the committed entries of ``rd`` this member already
+        holds on disk, serve the reads they allow, and return those answers to send now.
+
+        Committed and durable here, an entry is final: nothing in ``rd`` can change it
+        (a Ready only overwrites uncommitted entries). So its proposer need not wait for
+        the fsync of the *new* entries in ``rd`` — under load that is one whole disk write
+        less per answer. On a leader every committed entry is durable (it counts itself
+        only once persisted), so all of them go; a follower keeps for ``complete`` the ones
+        that arrived committed in this very Ready. Nothing is applied ahead of a snapshot
+        being installed.
+        """
+        if rd.snapshot is not None:
+            return []
+        stable = self.raft_log.stable_index()
+        done = Completion()
+        for e in rd.committed_entries:
+            if e.index > stable:
+                break
+            self._apply(e, done)
+            self._applied_early += 1
+        # Read states need no disk: leadership was confirmed by a quorum's acks.
+        self._take_read_states(rd, done)
+        self._release_reads(done)
+        return done.replies
 
     def persist(self, rd: Ready) -> None:
         """The I/O half, for runtimes that do not split it onto another thread."""
@@ -250,8 +283,24 @@ class MemberCore:
                 done.replies.append(Reply(request_id, error=ProposalDropped(
                     "replaced by a snapshot from the leader; the outcome is unknown")))
             self._proposals.clear()
-        for e in rd.committed_entries:
+        for e in rd.committed_entries[self._applied_early:]:
             self._apply(e, done)
+        self._applied_early = 0
+        if not self._reads_taken:
+            self._take_read_states(rd, done)
+        self.node.advance(rd)
+        self._release_reads(done)
+        if self.applied - self.snapshot_index >= self.snapshot_count:
+            done.snapshot = self._take_snapshot()
+            if done.snapshot is not None:
+                done.compact_to = max(0, self.applied - self.snapshot_catchup_entries)
+        done.removed = self._removed
+        return done
+
+    def _take_read_states(self, rd: Ready, done: Completion) -> None:
+        """Queue ``rd``'s confirmed read barriers until their index is applied; fail the
+        dropped ones (the client retries)."""
+        self._reads_taken = True
         for rs in rd.read_states:
             rid = self._read_ctx.pop(rs.context, None)
             if rid is not None:
@@ -261,16 +310,16 @@ class MemberCore:
             if rid is not None:
                 done.replies.append(Reply(rid, error=Unavailable(
                     "leadership changed during a linearizable read; retry")))
-        self.node.advance(rd)
-        while self._reads_waiting and self._reads_waiting[0][0] <= self.applied:
-            index, rid = self._reads_waiting.pop(0)
+
+    def _release_reads(self, done: Completion) -> None:
+        """Answer the read barriers whose index is applied now."""
+        waiting = self._reads_waiting
+        n = 0
+        while n < len(waiting) and waiting[n][0] <= self.applied:
+            index, rid = waiting[n]
             done.replies.append(Reply(rid, index))
-        if self.applied - self.snapshot_index >= self.snapshot_count:
-            done.snapshot = self._take_snapshot()
-            if done.snapshot is not None:
-                done.compact_to = max(0, self.applied - self.snapshot_catchup_entries)
-        done.removed = self._removed
-        return done
+            n += 1
+        del waiting[:n]
 
     def _apply(self, e: Entry, done: Completion) -> None:
         origin, request_id = 0, 0

@@ -39,6 +39,7 @@ from discoverd.errors import (
 )
 from discoverd.machine.auth import AUTH_REV_FIELD, AUTH_USER_FIELD
 from discoverd.server.limits import BoundedWrites, TokenBucket
+from discoverd.server.outbox import Outbox
 from discoverd.server.tls import HANDSHAKE_TIMEOUT_SECONDS, handshake_failure, peer_common_name
 from discoverd.wire.framing import FrameDecoder, FrameError, encode_frame
 
@@ -234,20 +235,18 @@ class ClientApi:
                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
             )
             return
-        write_lock = trio.StrictFIFOLock()
         limiter = trio.Semaphore(self.max_in_flight)
         self._numbers += 1
         conn = Connection(self._numbers, cert_common_name=_cert_cn(stream))
         conn.last_done = trio.current_time()
-        out = BoundedWrites(stream, self.write_timeout,
-                            lambda: self.closed_by("write_timeout", conn))
+        outbox = Outbox(BoundedWrites(stream, self.write_timeout,
+                                      lambda: self.closed_by("write_timeout", conn)))
 
         async def answer(frame: dict[str, Any]) -> None:
-            payload = encode_frame(cbor2.dumps(frame))
-            async with write_lock:
-                await out.send_all(payload)
+            await outbox.put(encode_frame(cbor2.dumps(frame)))
 
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.run)
             while True:
                 try:
                     frame = decoder.next_frame()
@@ -255,6 +254,7 @@ class ClientApi:
                     await answer({"id": 0, "err": {
                         "code": "request_too_large" if e.too_large else "bad_frame",
                         "message": str(e)}})
+                    await outbox.flush()
                     nursery.cancel_scope.cancel()
                     return
                 if frame is None:

@@ -3,9 +3,10 @@
 Two tasks share the core (trio runs one at a time, so the core needs no lock):
 
 * the *ticker* calls ``core.tick()`` every heartbeat interval;
-* the *ready loop* takes a Ready, sends its early messages, persists it on a worker thread
-  (the fsync), completes it (apply), sends the rest, answers waiting requests, writes a
-  snapshot when one is due — then looks for the next Ready.
+* the *ready loop* takes a Ready, sends its early messages, applies and answers what is
+  already durable here (``MemberCore.apply_durable``), persists it on a worker thread (the
+  fsync; a write without one is done inline), completes it (apply the rest), sends the rest,
+  answers waiting requests, writes a snapshot when one is due — then looks for the next Ready.
 
 Everything else (peer messages from the transport, client proposals and reads) just steps the
 core and wakes the ready loop. While one Ready is being fsynced, new proposals accumulate in
@@ -33,17 +34,19 @@ import errno
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 import trio
 
 from discoverd.consensus.messages import ConfChange, Message
 from discoverd.consensus.raft import Role
+from discoverd.consensus.rawnode import Ready
 from discoverd.errors import DiscoverdError, DiskFull
 from discoverd.member.core import Completion, MemberCore, Reply
 from discoverd.storage.fs import WriteNotDone
 
+_T = TypeVar("_T")
 Sender = Callable[[list[Message]], None]
 BlockingRunner = Callable[..., Awaitable[Any]]
 """How the loop runs blocking disk work: ``trio.to_thread.run_sync`` for a real disk; an
@@ -266,6 +269,16 @@ class RaftLoop:
             self.readys += 1
             if rd.early_messages:
                 self._send(rd.early_messages)
+            applied_before = core.applied
+            early = self._applying(core.apply_durable, rd)
+            if early:
+                # Answers that need not wait for this Ready's fsync (see apply_durable); the
+                # watch streams and the lessor hear of the applied entries before any task
+                # runs again, as after ``complete``.
+                for reply in early:
+                    self._deliver(reply)
+            if core.applied != applied_before and self._after_ready is not None:
+                self._after_ready()
             if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
                 seconds = await self._persist(rd)
                 if rd.must_sync:
@@ -273,13 +286,7 @@ class RaftLoop:
                     self.fsync_seconds += seconds
                     if self.observer is not None:
                         self.observer.wal_fsync(seconds)
-            try:
-                done = core.complete(rd)
-            except Exception:
-                # A bug, or a disk that lies: the member cannot go on. Say where it stopped.
-                self.log.exception("apply failed; stopping the member", term=core.term,
-                                   applied=core.applied, index=core.applied + 1)
-                raise
+            done = self._applying(core.complete, rd)
             if rd.snapshot is not None:
                 self.log.info("snapshot installed from the leader",
                               index=rd.snapshot.meta.index, term=core.term)
@@ -299,6 +306,17 @@ class RaftLoop:
                 self.removed.set()
                 return
 
+    def _applying(self, step: Callable[[Ready], _T], rd: Ready) -> _T:
+        """Run a step that applies entries; a failure stops the member, saying where."""
+        try:
+            return step(rd)
+        except Exception:
+            # A bug, or a disk that lies: the member cannot go on. Say where it stopped.
+            core = self.core
+            self.log.exception("apply failed; stopping the member", term=core.term,
+                               applied=core.applied, index=core.applied + 1)
+            raise
+
     async def _persist(self, rd: Any) -> float:
         """Write ``rd`` (on a worker thread); returns the seconds it took. While the disk is
         full, retry the same Ready with backoff (see the module docstring)."""
@@ -306,8 +324,11 @@ class RaftLoop:
         backoff = DISK_FULL_RETRY_FIRST
         full_since = 0.0
         while True:
+            # Without an fsync the write is a short buffered append: cheaper here than the
+            # hand-off to a worker thread and back.
+            run = self._run_blocking if rd.must_sync else run_inline
             try:
-                seconds: float = await self._run_blocking(_timed, core.persist, rd)
+                seconds: float = await run(_timed, core.persist, rd)
             except OSError as exc:
                 fields = {"member_id": f"{core.id:x}", "term": core.term,
                           "index": rd.entries[-1].index if rd.entries else core.applied,

@@ -681,6 +681,40 @@ def test_read_index_batches_into_one_round() -> None:
     assert [rs.context for rs in env.nodes[1].read_states] == [b"a", b"b", b"c"]
 
 
+def test_reads_arriving_during_a_round_share_the_next_one() -> None:
+    """Batching under load: while a round is in flight no other starts; every read that
+    arrived meanwhile rides on the single round started once the first is confirmed."""
+    env = InteractionEnv.cluster(3)
+    env.elect(1)
+    env.read_index(1, b"a")
+    env.process_ready(1)
+    first = [m for m in env.network if isinstance(m, Heartbeat) and m.read_round]
+    assert {m.read_round for m in first} == {1}
+    for ctx in (b"b", b"c"):
+        env.read_index(1, ctx)
+        env.process_ready(1)
+    assert [m for m in env.network if isinstance(m, Heartbeat) and m.read_round] == first
+    env.stabilize()
+    assert raft(env, 1).read_only.last_round == 2  # one more round for both b and c
+    assert [rs.context for rs in env.nodes[1].read_states] == [b"a", b"b", b"c"]
+
+
+def test_a_round_whose_heartbeats_were_lost_is_confirmed_by_the_next_heartbeat() -> None:
+    """With one round in flight at a time, a lost round must not stall every later read:
+    the periodic heartbeat carries the waiting round's number and its acks confirm it."""
+    env = InteractionEnv.cluster(3)
+    env.elect(1)
+    env.read_index(1, b"a")
+    env.process_ready(1)
+    env.drop([2, 3])
+    env.read_index(1, b"b")
+    env.stabilize()
+    assert env.nodes[1].read_states == []
+    env.tick_heartbeat(1)
+    env.stabilize()
+    assert [rs.context for rs in env.nodes[1].read_states] == [b"a", b"b"]
+
+
 def test_partitioned_ex_leader_cannot_serve_reads() -> None:
     """Thesis §6.4: a deposed leader must not answer reads from its stale state: its heartbeat
     round never gathers a majority, and once it learns of the new term the read is dropped."""

@@ -556,6 +556,8 @@ class Simulator:
         self.checker.on_early_messages(node, rd)
         for m in rd.early_messages:
             self._send(m)
+        for reply in node.core.apply_durable(rd):
+            self._on_reply(node, reply)
         durable = rd.entries or rd.hard_state is not None or rd.snapshot is not None
         if durable and self.o.disk_mean_us > 0:
             node.busy = rd
