@@ -189,6 +189,15 @@ class MemoryStorage:
     def write_snapshot(self, snap: Snapshot) -> None:
         del snap
 
+    def write_snapshot_file(self, snap: Snapshot) -> bool:
+        return snap.meta.index > self._snapshot.meta.index
+
+    def record_snapshot(self, snap: Snapshot) -> None:
+        del snap
+
+    def load_snapshot_file(self, meta: SnapshotMeta) -> Snapshot:
+        raise NotImplementedError("an in-memory log has no snapshot files")
+
     def snapshot_written(self, snap: Snapshot, compact_to: int) -> None:
         if snap.meta.index > self._snapshot.meta.index:
             self._snapshot = snap

@@ -144,6 +144,14 @@ class TreeIndex:
     def __repr__(self) -> str:
         return f"<TreeIndex keys={len(self._keys)} live={self.live}>"
 
+    @classmethod
+    def of(cls, key_indexes: dict[bytes, KeyIndex]) -> TreeIndex:
+        """An index of ``key_indexes`` (key → its generations), sorted in one go."""
+        index = cls()
+        index._keys = SortedDict(key_indexes)
+        index.live = sum(1 for ki in key_indexes.values() if ki.generations[-1])
+        return index
+
     def __len__(self) -> int:
         return len(self._keys)
 

@@ -38,7 +38,7 @@ from typing import Any
 from sortedcontainers import SortedDict
 
 from discoverd.errors import Compacted, CorruptData, FutureRevision, KeyNotFound, LeaseNotFound
-from discoverd.kv.index import TreeIndex
+from discoverd.kv.index import KeyIndex, TreeIndex
 from discoverd.kv.requests import (
     CompactionRequest,
     CompactionResponse,
@@ -446,15 +446,15 @@ class MvccStore:
         create_revision, version, lease]``; ``create_revision == 0`` marks a tombstone and a
         version's ``mod_revision`` is its ``main``.
         """
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "revision": self._revision,
-            "compact_revision": self._compact_revision,
-            "versions": [
-                [rev.main, rev.sub, kv.key, kv.value, kv.create_revision, kv.version, kv.lease]
-                for rev, kv in self._backend.items()
-            ],
-        }
+        frozen = self.freeze()
+        return frozen.to_obj([row for chunk in frozen.version_chunks() for row in chunk])
+
+    def freeze(self) -> FrozenStore:
+        """The store as it is now, to encode on another thread while writes go on. Costs two
+        C-level copies (the revisions in order, and the revision → version map); versions
+        themselves are immutable and shared."""
+        return FrozenStore(self._revision, self._compact_revision, list(self._backend),
+                           dict.copy(self._backend))
 
     @classmethod
     def from_obj(
@@ -602,6 +602,37 @@ def _filter(kvs: list[KeyValue], request: RangeRequest) -> list[KeyValue]:
     ]
 
 
+class FrozenStore:
+    """A point-in-time copy of a store's versions (``MvccStore.freeze``): reading it needs
+    nothing from the live store, so any thread may encode it."""
+
+    CHUNK = 4096
+
+    def __init__(self, revision: int, compact_revision: int, revisions: list[Revision],
+                 versions: dict[Revision, KeyValue]) -> None:
+        self.revision = revision
+        self.compact_revision = compact_revision
+        self._revisions = revisions
+        self._versions = versions
+
+    def to_obj(self, versions: Any) -> dict[str, Any]:
+        """``MvccStore.to_obj``'s image with ``versions`` (the rows, or something an encoder
+        expands to them, e.g. a ``wire.lazy_array.LazyArray`` of ``version_chunks()``)."""
+        return {"format": SNAPSHOT_FORMAT, "revision": self.revision,
+                "compact_revision": self.compact_revision, "versions": versions}
+
+    def version_chunks(self) -> Iterator[list[list[Any]]]:
+        """The ``versions`` rows in revision order, ``CHUNK`` at a time."""
+        revisions, versions = self._revisions, self._versions
+        for start in range(0, len(revisions), self.CHUNK):
+            rows = []
+            for rev in revisions[start:start + self.CHUNK]:
+                kv = versions[rev]
+                rows.append([rev.main, rev.sub, kv.key, kv.value, kv.create_revision,
+                             kv.version, kv.lease])
+            yield rows
+
+
 class _Image:
     """A store image read back from plain data and checked, before it replaces anything."""
 
@@ -621,28 +652,42 @@ class _Image:
         image.compact_revision = _int(obj["compact_revision"])
         if image.revision < 1 or image.compact_revision > image.revision:
             raise ValueError("revision/compact_revision out of order")
+        # Built in bulk (a million versions is a restart's critical path): the records
+        # come in revision order, so the backend is made from one sorted list and the key
+        # index from a plain dict sorted once, instead of a sorted insert per record.
         last = Revision(0, 0)
+        top = image.revision
+        keys: dict[bytes, KeyIndex] = {}
+        revisions: list[Revision] = []
+        versions: list[KeyValue] = []
+        size = 0
         for record in obj["versions"]:
             main, sub, key, value, create, version, lease = record
             rev = Revision(_int(main), _int(sub))
             key, value = bytes(key), bytes(value)
             create, version, lease = _int(create), _int(version), _int(lease)
-            if rev <= last or rev.main > image.revision or not key:
+            if rev <= last or rev.main > top or not key:
                 raise ValueError(f"bad version record at {rev}")
             last = rev
-            ki = image.index.key_index(key)
+            ki = keys.get(key)
             if create == 0:
                 if ki is None or ki.latest() is None:
                     raise ValueError(f"tombstone of a missing key at {rev}")
-                image.index.tombstone(key, rev)
+                ki.tombstone(rev)
                 kv = tombstone(key, rev.main)
             else:
                 if version < 1 or create > rev.main:
                     raise ValueError(f"bad version record at {rev}")
-                image.index.put(key, rev)
+                if ki is None:
+                    ki = keys[key] = KeyIndex(key)
+                ki.put(rev)
                 kv = KeyValue(key, value, create, rev.main, version, lease)
-            image.backend[rev] = kv
-            image.size_bytes += len(key) + len(kv.value)
+            revisions.append(rev)
+            versions.append(kv)
+            size += len(key) + len(kv.value)
+        image.backend = SortedDict(zip(revisions, versions, strict=True))
+        image.index = TreeIndex.of(keys)
+        image.size_bytes = size
         return image
 
 

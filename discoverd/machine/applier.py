@@ -58,7 +58,9 @@ from discoverd.machine.alarms import NOSPACE, Alarms
 from discoverd.machine.auth import AUTH_OPS, AUTH_REV_FIELD, AUTH_USER_FIELD, AuthStore
 from discoverd.machine.members import MemberInfo, MemberTable, Seed
 from discoverd.registry import RegistryHook
+from discoverd.wire import lazy_array
 from discoverd.wire.kv_codec import WRITE_OPS, decode_request
+from discoverd.wire.lazy_array import LazyArray
 from discoverd.wire.lease_watch_codec import (
     decode_checkpoints,
     decode_lease_grant,
@@ -324,15 +326,28 @@ class KvMachine:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
-        return cbor2.dumps({
+        return self.snapshot_builder()()
+
+    def snapshot_builder(self) -> Callable[[], bytes]:
+        """Freeze the store (two C-level copies) and take the small parts as plain data
+        now; the returned builder encodes the versions chunk by chunk on whatever thread
+        runs it, so a large store does not stop the event loop (see ``wire.lazy_array``)."""
+        frozen = self.store.freeze()
+        image = {
             "format": SNAPSHOT_FORMAT,
             "applied": self.applied,
-            "store": self.store.to_obj(),
+            "store": None,
             "leases": self.lessor.to_obj(),
             "alarms": self.alarms.to_obj(),
             "members": self.members.to_obj(),
             "auth": self.auth.to_obj(),
-        })
+        }
+
+        def build() -> bytes:
+            store = frozen.to_obj(LazyArray(frozen.version_chunks()))
+            return lazy_array.dumps({**image, "store": store})
+
+        return build
 
     def restore(self, data: bytes) -> None:
         if not data:

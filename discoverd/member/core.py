@@ -8,7 +8,10 @@ It is the unit both runtimes drive: ``server/raft_loop.py`` (trio, real disk and
     replies = core.apply_durable(rd)     # apply what is already on disk here; answer it
     core.storage.persist(rd...)          # the slow, blocking half (a worker thread in trio)
     done = core.complete(rd)             # memory half + apply; send done.messages, answer
-                                         # done.replies, then run done.snapshot if any
+                                         # done.replies, then run done.snapshot if any:
+    snap = done.snapshot.make()          #   build the image (any thread: the state it reads
+    core.storage.write_snapshot(snap)    #   was frozen), write it, then
+    core.snapshot_written(snap, done.compact_to)  # (or snapshot_abandoned() on failure)
 
 Request ids are the runtime's (any int unique among pending requests).
 """
@@ -16,7 +19,7 @@ Request ids are the runtime's (any int unique among pending requests).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,6 +55,13 @@ class StateMachine(Protocol):
 
     def snapshot(self) -> bytes: ...
 
+    def snapshot_builder(self) -> Callable[[], bytes]:
+        """Freeze the state now (cheaply: the member's thread waits for this part) and
+        return what encodes that frozen state into ``snapshot()``'s bytes. The builder may
+        run on another thread while entries go on being applied: it reads nothing the
+        member changes."""
+        ...
+
     def restore(self, data: bytes) -> None: ...
 
 
@@ -78,6 +88,16 @@ class MemberStorage(LogStorage, Protocol):
 
     def write_snapshot(self, snap: Snapshot) -> None: ...
 
+    def write_snapshot_file(self, snap: Snapshot) -> bool:
+        """``write_snapshot``'s first half (its own file; may run while a Ready is being
+        persisted); False if ``snap`` is not newer than the snapshot held."""
+
+    def record_snapshot(self, snap: Snapshot) -> None:
+        """The second half (what makes the file count); never while a Ready persists."""
+
+    def load_snapshot_file(self, meta: SnapshotMeta) -> Snapshot:
+        """The file ``write_snapshot_file`` wrote (maybe in another process), read back."""
+
     def snapshot_written(self, snap: Snapshot, compact_to: int) -> None: ...
 
 
@@ -90,6 +110,18 @@ class Reply:
     error: DiscoverdError | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotJob:
+    """A snapshot due at ``meta``: the state is frozen, the image not built yet."""
+
+    meta: SnapshotMeta
+    build: Callable[[], bytes]
+
+    def make(self) -> Snapshot:
+        """Encode the image (slow for a large store: run it off the member's thread)."""
+        return Snapshot(self.meta, self.build())
+
+
 @dataclass(slots=True)
 class Completion:
     """What ``complete`` leaves for the runtime to do, in this order."""
@@ -97,7 +129,7 @@ class Completion:
     messages: list[Message] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
     soft_state: SoftState | None = None
-    snapshot: Snapshot | None = None  # write it (I/O), then call snapshot_written
+    snapshot: SnapshotJob | None = None  # make and write it, then call snapshot_written
     compact_to: int = 0
     removed: bool = False  # this member was removed from the cluster: stop it
 
@@ -145,6 +177,8 @@ class MemberCore:
         self._read_ctx: dict[bytes, int] = {}
         self._reads_waiting: list[tuple[int, int]] = []  # (index, request_id), sorted
         self._removed = False
+        self.snapshot_in_flight = False
+        """A ``SnapshotJob`` was handed out and is not written yet: no second one."""
         self._applied_early = 0
         """How many of the outstanding Ready's committed entries ``apply_durable`` applied."""
         self._reads_taken = False
@@ -290,7 +324,8 @@ class MemberCore:
             self._take_read_states(rd, done)
         self.node.advance(rd)
         self._release_reads(done)
-        if self.applied - self.snapshot_index >= self.snapshot_count:
+        if (self.applied - self.snapshot_index >= self.snapshot_count
+                and not self.snapshot_in_flight):
             done.snapshot = self._take_snapshot()
             if done.snapshot is not None:
                 done.compact_to = max(0, self.applied - self.snapshot_catchup_entries)
@@ -345,7 +380,7 @@ class MemberCore:
             self._proposals.discard(request_id)
             done.replies.append(Reply(request_id, result))
 
-    def _take_snapshot(self) -> Snapshot | None:
+    def _take_snapshot(self) -> SnapshotJob | None:
         try:
             term = self.raft_log.term(self.applied)
         except Compacted:
@@ -353,10 +388,17 @@ class MemberCore:
             # it supersedes ours, which would be stale before it was written.
             return None
         meta = SnapshotMeta(self.applied, term, self.conf_state)
-        return Snapshot(meta, self.sm.snapshot())
+        self.snapshot_in_flight = True
+        return SnapshotJob(meta, self.sm.snapshot_builder())
 
     def snapshot_written(self, snap: Snapshot, compact_to: int) -> None:
         """The runtime wrote ``snap`` durably: remember it and compact the log behind it."""
         self.storage.snapshot_written(snap, compact_to)
         self.snapshot_index = max(self.snapshot_index, snap.meta.index)
+        self.snapshot_in_flight = False
+
+    def snapshot_abandoned(self) -> None:
+        """The runtime could not write the snapshot it was given (e.g. a full disk): a
+        later Ready makes a new one, since one is still due."""
+        self.snapshot_in_flight = False
 

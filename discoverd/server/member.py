@@ -95,7 +95,8 @@ class Member:
             snapshot_catchup_entries=cfg.snapshot_catchup_entries,
         )
         self.loop = RaftLoop(self.core, self._send, tick_seconds=cfg.tick_seconds, log=log,
-                             after_ready=self._after_ready, observer=self.metrics)
+                             after_ready=self._after_ready, observer=self.metrics,
+                             fork_snapshots=True)
         self.leases = LeaseService(
             self.core, self.machine, self.loop, member_id=self.member_id, send=self._send,
             header=self.header, tick_seconds=cfg.tick_seconds,

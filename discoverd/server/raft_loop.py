@@ -39,11 +39,12 @@ from typing import Any, Protocol, TypeVar
 import structlog
 import trio
 
-from discoverd.consensus.messages import ConfChange, Message
+from discoverd.consensus.messages import ConfChange, Message, Snapshot
 from discoverd.consensus.raft import Role
 from discoverd.consensus.rawnode import Ready
 from discoverd.errors import DiscoverdError, DiskFull
-from discoverd.member.core import Completion, MemberCore, Reply
+from discoverd.member.core import MemberCore, Reply, SnapshotJob
+from discoverd.server import snapshot_child
 from discoverd.storage.fs import WriteNotDone
 
 _T = TypeVar("_T")
@@ -78,6 +79,8 @@ class LoopObserver(Protocol):
 
     def snapshot_saved(self, seconds: float) -> None: ...
 
+    def snapshot_marshalled(self, seconds: float) -> None: ...
+
 
 def _timed(fn: Callable[..., Any], *args: Any) -> float:
     """Run ``fn`` and return how long it took. Run on the worker thread itself, so that the
@@ -98,9 +101,13 @@ class RaftLoop:
         run_blocking: BlockingRunner = trio.to_thread.run_sync,
         after_ready: Callable[[], None] | None = None,
         observer: LoopObserver | None = None,
+        fork_snapshots: bool = False,
     ) -> None:
         self.core = core
         self.observer = observer
+        self._fork_snapshots = fork_snapshots and snapshot_child.available()
+        """Build and write snapshot files in a forked child (``server/snapshot_child.py``):
+        for members on a real disk; in-memory ones build on ``run_blocking``."""
         self._after_ready = after_ready
         self._send = send
         self._run_blocking = run_blocking
@@ -131,6 +138,8 @@ class RaftLoop:
         """Failed attempts to persist a Ready for lack of space, since start."""
         self._snapshot_retry_at = 0.0
         self._snapshot_backoff = DISK_FULL_RETRY_FIRST
+        self._snapshot_to_record: tuple[Snapshot, int, float, float] | None = None
+        """A snapshot whose file is written, waiting for the Ready loop to record it."""
         self._last_leader = 0
         self._role_changed = trio.Event()
 
@@ -242,7 +251,7 @@ class RaftLoop:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ticker)
-            nursery.start_soon(self._ready_loop)
+            nursery.start_soon(self._ready_loop, nursery)
             task_status.started()
 
     async def _ticker(self) -> None:
@@ -257,12 +266,15 @@ class RaftLoop:
             self.core.tick()
             self.kick()
 
-    async def _ready_loop(self) -> None:
+    async def _ready_loop(self, nursery: trio.Nursery) -> None:
         core = self.core
         while True:
+            if self._snapshot_to_record is not None:
+                await self._record_snapshot(*self._snapshot_to_record)
+                self._snapshot_to_record = None
             if not core.has_ready():
                 self._wakeup = trio.Event()
-                if not core.has_ready():
+                if not core.has_ready() and self._snapshot_to_record is None:
                     await self._wakeup.wait()
                 continue
             rd = core.begin()
@@ -299,7 +311,7 @@ class RaftLoop:
             if self._after_ready is not None:
                 self._after_ready()
             if done.snapshot is not None:
-                await self._save_snapshot(done)
+                self._start_snapshot(nursery, done.snapshot, done.compact_to)
             if done.removed:
                 self.log.warning("this member was removed from the cluster; stopping",
                                  term=core.term, index=core.applied)
@@ -358,40 +370,89 @@ class RaftLoop:
                                  full_seconds=round(trio.current_time() - full_since, 3))
             return seconds
 
-    async def _save_snapshot(self, done: Completion) -> None:
-        """Write the snapshot ``complete`` built; without room for it, log and leave it to
-        a later Ready (the core builds a new one while its snapshot is overdue)."""
-        core = self.core
-        snap = done.snapshot
-        assert snap is not None
+    def _start_snapshot(self, nursery: trio.Nursery, job: SnapshotJob,
+                        compact_to: int) -> None:
+        """Build and write the snapshot ``complete`` froze, in a task of its own: a large
+        image takes seconds to encode and write, and the Ready loop goes on committing
+        meanwhile (only the WAL marker at the end is the loop's; see
+        ``_record_snapshot``). After a failure for lack of space, wait before the next."""
         if trio.current_time() < self._snapshot_retry_at:
+            self.core.snapshot_abandoned()
             return
+        nursery.start_soon(self._write_snapshot, job, compact_to)
+
+    async def _write_snapshot(self, job: SnapshotJob, compact_to: int) -> None:
+        core = self.core
         try:
-            seconds: float = await self._run_blocking(_timed, core.storage.write_snapshot, snap)
+            started = time.perf_counter()
+            if self._fork_snapshots:
+                written, marshal_seconds = await snapshot_child.write_in_child(
+                    job.make, core.storage.write_snapshot_file)
+                encoded = time.perf_counter()
+                if self.observer is not None and marshal_seconds:
+                    # Timed in the child (its own metrics die with it).
+                    self.observer.snapshot_marshalled(marshal_seconds)
+                # The parent never built the image: read it back (off the loop) for the
+                # followers that will need it; the page cache still has it.
+                snap = await self._run_blocking(core.storage.load_snapshot_file, job.meta)
+            else:
+                snap = await self._run_blocking(job.make)
+                encoded = time.perf_counter()
+                written = await self._run_blocking(core.storage.write_snapshot_file, snap)
         except OSError as exc:
-            fields = {"member_id": f"{core.id:x}", "term": core.term, "index": snap.meta.index,
-                      "errno": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
-                      "error": str(exc)}
-            if not _is_space_error(exc):
-                self.log.critical("writing a snapshot failed; stopping the member", **fields)
-                raise
-            if self._snapshot_backoff == DISK_FULL_RETRY_FIRST:
-                self.log.error("disk full: could not write a snapshot (nothing was written);"
-                               " retrying later", **fields)
-            self._snapshot_retry_at = trio.current_time() + self._snapshot_backoff
-            self._snapshot_backoff = min(2 * self._snapshot_backoff, DISK_FULL_RETRY_MAX)
+            core.snapshot_abandoned()
+            self._snapshot_failed(exc, job.meta.index)
+            return
+        except BaseException:
+            core.snapshot_abandoned()
+            raise
+        if not written:  # a newer snapshot (the leader's) was installed meanwhile
+            core.snapshot_abandoned()
+            return
+        self._snapshot_to_record = (snap, compact_to, encoded - started,
+                                    time.perf_counter() - encoded)
+        self.kick()
+
+    async def _record_snapshot(self, snap: Snapshot, compact_to: int, encode_seconds: float,
+                               file_seconds: float) -> None:
+        """The WAL marker that makes the written file count, between two Readys (both
+        append to the WAL); then the log behind the snapshot is compacted."""
+        core = self.core
+        try:
+            seconds: float = await self._run_blocking(_timed, core.storage.record_snapshot,
+                                                      snap)
+        except OSError as exc:
+            core.snapshot_abandoned()
+            self._snapshot_failed(exc, snap.meta.index)
             return
         if self._snapshot_backoff != DISK_FULL_RETRY_FIRST:
             self._snapshot_backoff = DISK_FULL_RETRY_FIRST
             self.log.warning("disk space is back: snapshot written", index=snap.meta.index,
                              member_id=f"{core.id:x}")
-        core.snapshot_written(snap, done.compact_to)
+        core.snapshot_written(snap, compact_to)
         self.snapshots_saved += 1
         if self.observer is not None:
-            self.observer.snapshot_saved(seconds)
+            self.observer.snapshot_saved(file_seconds + seconds)
         self.log.info("snapshot saved", index=snap.meta.index,
-                      compacted_to=done.compact_to, term=core.term,
-                      bytes=len(snap.data), write_ms=round(seconds * 1000, 3))
+                      compacted_to=compact_to, term=core.term, bytes=len(snap.data),
+                      encode_ms=round(encode_seconds * 1000, 3),
+                      write_ms=round((file_seconds + seconds) * 1000, 3))
+
+    def _snapshot_failed(self, exc: OSError, index: int) -> None:
+        """Without room for a snapshot: log, and let a later Ready try again after a
+        backoff. Any other failure stops the member."""
+        core = self.core
+        fields = {"member_id": f"{core.id:x}", "term": core.term, "index": index,
+                  "errno": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                  "error": str(exc)}
+        if not _is_space_error(exc):
+            self.log.critical("writing a snapshot failed; stopping the member", **fields)
+            raise exc
+        if self._snapshot_backoff == DISK_FULL_RETRY_FIRST:
+            self.log.error("disk full: could not write a snapshot (nothing was written);"
+                           " retrying later", **fields)
+        self._snapshot_retry_at = trio.current_time() + self._snapshot_backoff
+        self._snapshot_backoff = min(2 * self._snapshot_backoff, DISK_FULL_RETRY_MAX)
 
     def _deliver(self, reply: Reply) -> None:
         event = self._waiters.get(reply.request_id)

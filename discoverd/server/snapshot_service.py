@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+import trio
 
 from discoverd import __version__
 from discoverd.machine.applier import KvMachine
@@ -46,13 +47,17 @@ class SnapshotService:
     async def stream(self, req: dict[str, Any], conn: Connection, emit: Emit) -> None:
         started = time.monotonic()
         store = self.machine.store
-        image = self.machine.snapshot()
+        # Everything the header names is read at the freeze, before the first await; the
+        # image is then encoded on a worker thread while the member serves on.
+        build = self.machine.snapshot_builder()
+        revision, compact_revision, keys = store.revision, store.compact_revision, store.key_count
+        index, term = self.core.applied, self.core.term
+        image: bytes = await trio.to_thread.run_sync(build)
         info = SnapshotHeader(
-            revision=store.revision, compact_revision=max(store.compact_revision, 0),
-            keys=store.key_count, size=len(image), index=self.core.applied,
-            term=self.core.term, cluster_id=self.cluster_id, member_id=self.member_id,
+            revision=revision, compact_revision=max(compact_revision, 0),
+            keys=keys, size=len(image), index=index,
+            term=term, cluster_id=self.cluster_id, member_id=self.member_id,
             created=time.time(), version=__version__)
-        revision = store.revision
         self.log.info("snapshot streaming", bytes=len(image), revision=revision,
                       index=info.index, term=info.term, keys=info.keys)
         await emit({"header": self.header(revision), "snapshot": info.to_obj()})

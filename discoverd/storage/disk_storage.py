@@ -201,18 +201,60 @@ class DiskStorage:
                 again, so that a full disk gets its space back — and a later call may retry.
             OSError: another failure (a failed fsync makes the WAL unusable).
         """
+        if self.write_snapshot_file(snap):
+            self.record_snapshot(snap)
+
+    def write_snapshot_file(self, snap: Snapshot) -> bool:
+        """The first half of ``write_snapshot``: the snapshot's own file, durably. It does not
+        touch the WAL, so it may run while another thread persists a Ready; the file counts
+        only once ``record_snapshot`` has put its marker in the WAL (recovery deletes a file
+        the WAL never mentions). Returns False, writing nothing, for a snapshot no newer than
+        the one we have.
+
+        Raises:
+            WriteNotDone: nothing of it is left on disk (e.g. ENOSPC).
+            OSError: another failure.
+        """
         if snap.meta.index <= self._mem.snapshot().meta.index:
-            return
-        marker = SnapshotMarker(index=snap.meta.index, term=snap.meta.term)
+            return False
         self._snaps.save(snap)
+        return True
+
+    def load_snapshot_file(self, meta: SnapshotMeta) -> Snapshot:
+        """The snapshot ``write_snapshot_file`` wrote for ``meta`` (by another process:
+        ``server/snapshot_child``), read back and checked.
+
+        Raises:
+            OSError, BrokenSnapshot: it cannot be read back as written.
+        """
+        return self._snaps.load(SnapshotMarker(index=meta.index, term=meta.term))
+
+    def record_snapshot(self, snap: Snapshot) -> None:
+        """The second half: the WAL marker that makes the file written by
+        ``write_snapshot_file`` count. Must not run while a Ready is being persisted (both
+        append to the WAL). A snapshot no newer than ours by now (one from the leader was
+        installed meanwhile) is not recorded and its file is removed.
+
+        Raises:
+            WriteNotDone: the marker could not be written; the file is removed again (a
+                full disk gets its space back) and a later snapshot may retry.
+            OSError: another failure (a failed fsync makes the WAL unusable).
+        """
+        marker = SnapshotMarker(index=snap.meta.index, term=snap.meta.term)
+        if snap.meta.index <= self._mem.snapshot().meta.index:
+            self._remove_unrecorded(marker)
+            return
         try:
             self._wal.save_snapshot_marker(marker)
         except WriteNotDone:
-            try:
-                self._snaps.remove(marker)
-            except OSError as exc:  # recovery removes it: the WAL never mentions it
-                log.warning("storage: could not remove unrecorded snapshot %s: %s", marker, exc)
+            self._remove_unrecorded(marker)
             raise
+
+    def _remove_unrecorded(self, marker: SnapshotMarker) -> None:
+        try:
+            self._snaps.remove(marker)
+        except OSError as exc:  # recovery removes it: the WAL never mentions it
+            log.warning("storage: could not remove unrecorded snapshot %s: %s", marker, exc)
 
     def snapshot_written(self, snap: Snapshot, compact_to: int) -> None:
         """The memory half: adopt ``snap``, compact up to ``compact_to`` (never past the

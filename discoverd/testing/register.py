@@ -7,6 +7,7 @@ the raft index it was applied at, which doubles as a revision for the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import cbor2
@@ -53,6 +54,10 @@ class RegisterMachine:
 
     def snapshot(self) -> bytes:
         return cbor2.dumps([self.applied, self.data])
+
+    def snapshot_builder(self) -> Callable[[], bytes]:
+        data = self.snapshot()  # small: encoded at once
+        return lambda: data
 
     def restore(self, data: bytes) -> None:
         try:

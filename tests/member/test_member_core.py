@@ -40,8 +40,9 @@ class Trio:
                     inflight.extend(done.messages)
                     self.replies[i].extend(done.replies)
                     if done.snapshot is not None:
-                        core.storage.write_snapshot(done.snapshot)
-                        core.snapshot_written(done.snapshot, done.compact_to)
+                        snap = done.snapshot.make()
+                        core.storage.write_snapshot(snap)
+                        core.snapshot_written(snap, done.compact_to)
             if not inflight:
                 return
             for m in inflight:
@@ -130,7 +131,7 @@ def test_snapshot_is_taken_every_snapshot_count_entries_and_log_compacted() -> N
     assert core.snapshot_index == snaps[-1].meta.index
     assert core.storage.first_index() == snaps[-1].meta.index - 2 + 1
     restored = RegisterMachine()
-    restored.restore(snaps[-1].data)
+    restored.restore(snaps[-1].build())
     assert restored.get(b"k0") == b"v"
 
 
@@ -163,3 +164,96 @@ def test_every_entry_reaches_the_state_machine_in_order() -> None:
     core.propose(1, encode_put(b"a", b"b"))
     t.pump()
     assert seen == list(range(1, core.applied + 1))
+
+
+def _cycle(core: MemberCore) -> list[Message]:
+    """One whole Ready cycle of ``core``; returns what it sends."""
+    rd = core.begin()
+    core.persist(rd)
+    done = core.complete(rd)
+    return [*rd.early_messages, *done.messages]
+
+
+def test_apply_durable_answers_committed_entries_before_the_new_ones_are_persisted() -> None:
+    """A leader's committed entries are on its disk: their answers need not wait for the
+    fsync of the entries proposed since (the Ready carries both)."""
+    t = Trio()
+    t.elect(1)
+    leader = t.cores[1]
+    leader.propose(1, encode_put(b"a", b"1"))
+    appends = _cycle(leader)
+    acks = [m for a in appends for m in (t.cores[a.dst].step(a), _cycle(t.cores[a.dst]))[1]]
+    for ack in acks:
+        leader.step(ack)  # "a" is committed now
+    leader.propose(2, encode_put(b"b", b"2"))
+    rd = leader.begin()
+    assert [e.index for e in rd.committed_entries] == [leader.applied + 1]
+    assert rd.entries
+    assert rd.must_sync
+    early = leader.apply_durable(rd)
+    assert [(r.request_id, r.error) for r in early] == [(1, None)]
+    assert isinstance(leader.sm, RegisterMachine)
+    assert leader.sm.get(b"a") == b"1"
+    leader.persist(rd)
+    done = leader.complete(rd)
+    assert done.replies == []  # answered once, early
+
+
+def test_a_follower_keeps_entries_it_does_not_hold_durably_for_complete() -> None:
+    """Entries that arrive already committed in the Ready that brings them are applied only
+    after that Ready is persisted."""
+    t = Trio()
+    t.elect(1)
+    leader, follower, late = t.cores[1], t.cores[2], t.cores[3]
+    leader.propose(1, encode_put(b"a", b"1"))
+    sent = _cycle(leader)
+    for m in sent:
+        if m.dst == 2:
+            follower.step(m)
+    for ack in _cycle(follower):
+        leader.step(ack)  # "a" committed by 1 and 2; 3 has not even seen it yet
+    leader.propose(2, encode_put(b"b", b"2"))
+    for m in [*sent, *_cycle(leader)]:  # now 3 gets "a", "b" and a commit covering "a"
+        if m.dst == 3:
+            late.step(m)
+    rd = late.begin()
+    assert rd.committed_entries
+    assert rd.entries
+    assert late.apply_durable(rd) == []
+    assert late.applied < rd.committed_entries[-1].index
+    late.persist(rd)
+    late.complete(rd)
+    assert late.applied == rd.committed_entries[-1].index
+
+
+def test_one_snapshot_at_a_time_until_written_or_abandoned() -> None:
+    t = Trio(snapshot_count=2)
+    t.elect(1)
+    leader = t.cores[1]
+    jobs = []
+    for i in range(6):
+        leader.propose(10 + i, encode_put(b"k%d" % i, b"v"))
+        for _ in range(10):
+            for core in t.cores.values():
+                while core.has_ready():
+                    rd = core.begin()
+                    core.persist(rd)
+                    done = core.complete(rd)
+                    if core is leader and done.snapshot is not None:
+                        jobs.append((done.snapshot, done.compact_to))
+                    elif done.snapshot is not None:
+                        core.snapshot_abandoned()
+                    for m in [*rd.early_messages, *done.messages]:
+                        t.cores[m.dst].step(m)
+    assert len(jobs) == 1  # due again and again, but one is in flight
+    job, compact_to = jobs[0]
+    leader.snapshot_abandoned()
+    leader.propose(99, encode_put(b"z", b"v"))
+    t.pump()
+    later = [c.snapshot for c in t.completions[1] if c.snapshot is not None]
+    assert later  # a new one once the first was given up
+    assert leader.snapshot_index == later[-1].meta.index > job.meta.index
+    snap = job.make()  # the abandoned one, written late anyway: changes nothing
+    leader.storage.write_snapshot(snap)
+    leader.snapshot_written(snap, compact_to)
+    assert leader.snapshot_index == later[-1].meta.index

@@ -152,6 +152,9 @@ async def test_metrics_follow_what_clients_do(tmp_path: Path) -> None:
                 with pytest.raises(DiscoverdError):
                     await c.call("no_such_op")
                 await c.compact(5)
+                with trio.fail_after(10):  # snapshots are written in the background
+                    while not m.loop.snapshots_saved:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
                 async with c.watch("/m/", prefix=True):
                     samples, types = scrape(m)
                     # The member as it was at that scrape (no await in between): the

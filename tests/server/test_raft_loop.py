@@ -5,6 +5,8 @@ sockets so that only the loop's own scheduling is under test."""
 from __future__ import annotations
 
 import random
+import threading
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -135,3 +137,57 @@ async def test_a_cancelled_request_leaves_no_waiter(autojump_clock: trio.testing
         assert leader._waiters == {}
         assert (leader.proposals_failed, leader.proposals_pending) == (1, 0)
         nursery.cancel_scope.cancel()
+
+
+class SlowSnapshotMachine(RegisterMachine):
+    """Its snapshot builder blocks (on the worker thread) until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.builds = 0
+
+    def snapshot_builder(self) -> Callable[[], bytes]:
+        self.builds += 1
+        frozen = super().snapshot_builder()
+
+        def build() -> bytes:
+            self.release.wait(timeout=30)
+            return frozen()
+
+        return build
+
+
+async def test_writes_commit_while_a_snapshot_is_being_built_and_written() -> None:
+    """The snapshot is built and written off the Ready loop: proposals keep committing while
+    its builder is stuck, no second snapshot starts meanwhile, and it lands afterwards."""
+    machine = SlowSnapshotMachine()
+    core = MemberCore(Config(id=1, voters=(1,), election_ticks=ELECTION_TICKS),
+                      MemoryStorage(), machine, random.Random(1), snapshot_count=3)
+    loop = RaftLoop(core, lambda msgs: None, tick_seconds=TICK,
+                    run_blocking=trio.to_thread.run_sync)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loop.run)
+            while not core.is_leader:  # noqa: ASYNC110 - a single voter elects itself soon
+                await trio.sleep(TICK)
+            for i in range(3):
+                await loop.propose(encode_put(b"k%d" % i, b"v"))
+            while machine.builds == 0:  # noqa: ASYNC110 - started by the Ready after apply
+                await trio.sleep(0.01)
+            for i in range(3, 30):  # would hang here if the loop waited for the snapshot
+                await loop.propose(encode_put(b"k%d" % i, b"v"))
+            assert machine.builds == 1
+            assert loop.snapshots_saved == 0
+            machine.release.set()
+            while loop.snapshots_saved == 0:  # noqa: ASYNC110 - the worker thread finishes
+                await trio.sleep(0.01)
+            assert core.snapshot_index >= 3
+            assert not core.snapshot_in_flight
+            await loop.propose(encode_put(b"after", b"v"))  # due again: a second one goes
+            while machine.builds < 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    restored = RegisterMachine()
+    restored.restore(core.storage.snapshot().data)
+    assert restored.get(b"k0") == b"v"

@@ -584,9 +584,10 @@ class Simulator:
             self._on_reply(node, reply)
         if done.snapshot is not None:
             assert node.storage is not None
-            node.storage.write_snapshot(done.snapshot)
-            core.snapshot_written(done.snapshot, done.compact_to)
-            self.log(f"n{node.id} snapshot at {done.snapshot.meta.index}, "
+            snap = done.snapshot.make()
+            node.storage.write_snapshot(snap)
+            core.snapshot_written(snap, done.compact_to)
+            self.log(f"n{node.id} snapshot at {snap.meta.index}, "
                      f"log compacted to {done.compact_to}")
         if done.removed:
             node.removed = True

@@ -4,6 +4,7 @@ every applied entry, so two members that applied the same prefix have the same d
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import cbor2
 
@@ -35,6 +36,10 @@ class ChainStateMachine:
 
     def snapshot(self) -> bytes:
         return cbor2.dumps([self.applied, self.digest, self.kv])
+
+    def snapshot_builder(self) -> Callable[[], bytes]:
+        data = self.snapshot()  # small: encoded at once
+        return lambda: data
 
     def restore(self, data: bytes) -> None:
         self.applied, self.digest, self.kv = cbor2.loads(data) if data else (0, b"", {})

@@ -1,0 +1,140 @@
+"""Build and write a snapshot file in a forked child process.
+
+Encoding a large store is seconds of pure-Python and cbor2 work. On a worker thread it
+still holds the GIL most of the time (measured at 1,000,000 keys: the event loop got a
+quarter of the interpreter and missed heartbeats long enough for elections; issue 12), so
+the member forks instead, as Redis does for its RDB files: the child sees the frozen state
+copy-on-write, encodes it, writes and fsyncs the file with the member's own storage code and
+exits; the parent's event loop runs on untouched (it only waits for the exit on a worker
+thread, which holds no GIL while waiting). The parent then records the snapshot in its WAL
+and loads the file back for followers that need it (``raft_loop``).
+
+The child runs nothing but the builder and the file write and leaves with ``os._exit`` —
+never back into trio, never through ``atexit`` or buffered streams it shares with the
+parent. Its outcome travels in the exit status.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import signal
+import struct
+import time
+from collections.abc import Callable
+
+import trio
+
+from discoverd.consensus.messages import Snapshot
+from discoverd.storage.fs import WriteNotDone
+
+WRITTEN = 0
+NOT_NEWER = 1
+OTHER_OS_ERROR = 2
+FAILED = 3
+WRITE_NOT_DONE = 16
+"""Exit statuses; ``WRITE_NOT_DONE + errno`` for a write undone for lack of room."""
+
+_TIMING = struct.Struct("<d")
+
+
+class SnapshotChildFailed(RuntimeError):
+    """The child crashed or was killed, or raised something other than an OSError."""
+
+
+def available() -> bool:
+    return hasattr(os, "fork")
+
+
+async def write_in_child(make: Callable[[], Snapshot],
+                         write_file: Callable[[Snapshot], bool]) -> tuple[bool, float]:
+    """Run ``write_file(make())`` in a forked child. Returns whether the file was written
+    (False: ``write_file`` found the snapshot no newer than the one held) and the seconds
+    ``make`` took in the child (the marshalling metric; 0.0 if it never finished).
+
+    Raises:
+        WriteNotDone: no room (nothing of the file is left), with the child's errno.
+        OSError: another write failure in the child.
+        SnapshotChildFailed: anything else went wrong in the child.
+    """
+    timing_r, timing_w = os.pipe()
+    gc.freeze()  # a collection in the child would touch (and copy) every tracked object
+    try:
+        pid = os.fork()
+    except BaseException:
+        gc.unfreeze()
+        os.close(timing_r)
+        os.close(timing_w)
+        raise
+    if pid == 0:  # pragma: no cover - the child; its outcome is the exit status
+        os.close(timing_r)
+        _child(make, write_file, timing_w)
+    gc.unfreeze()
+    os.close(timing_w)
+    reaped = False
+    try:
+        status = await _exit_status(pid)
+        reaped = True
+        timing = os.read(timing_r, _TIMING.size)
+    finally:
+        os.close(timing_r)
+        if not reaped:  # the member is stopping: do not leave the child behind. Only we
+            # reap it, so the pid is still the child's here.
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # noqa: ASYNC222 - killed: reaped at once, and cancelled
+    encode_seconds = _TIMING.unpack(timing)[0] if len(timing) == _TIMING.size else 0.0
+    return _outcome(status), encode_seconds
+
+
+async def _exit_status(pid: int) -> int:
+    """Wait (cancellably, without a thread) for the child to exit; reap it."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None:
+        fd = pidfd_open(pid)
+        try:
+            await trio.lowlevel.wait_readable(fd)  # readable once the child has exited
+        finally:
+            os.close(fd)
+        return os.waitpid(pid, 0)[1]  # noqa: ASYNC222 - it has exited: no wait
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
+        if done:
+            return status
+        await trio.sleep(0.05)
+
+
+def _child(make: Callable[[], Snapshot], write_file: Callable[[Snapshot], bool],
+           timing_w: int) -> None:  # pragma: no cover - the child
+    code = FAILED
+    try:
+        gc.disable()
+        started = time.perf_counter()
+        snap = make()
+        os.write(timing_w, _TIMING.pack(time.perf_counter() - started))  # 8 bytes: atomic
+        code = WRITTEN if write_file(snap) else NOT_NEWER
+    except WriteNotDone as exc:
+        code = WRITE_NOT_DONE + min(exc.errno or 0, 200)
+    except OSError:
+        code = OTHER_OS_ERROR
+    except BaseException:  # anything at all must end in os._exit
+        code = FAILED
+    finally:
+        os._exit(code)
+
+
+def _outcome(status: int) -> bool:
+    if os.WIFSIGNALED(status):
+        raise SnapshotChildFailed(
+            f"the snapshot child was killed by signal {os.WTERMSIG(status)}")
+    code = os.WEXITSTATUS(status)
+    if code == WRITTEN:
+        return True
+    if code == NOT_NEWER:
+        return False
+    if code >= WRITE_NOT_DONE:
+        err = code - WRITE_NOT_DONE
+        raise WriteNotDone(err, f"writing the snapshot file: {os.strerror(err)}")
+    if code == OTHER_OS_ERROR:
+        raise OSError(errno.EIO, "writing the snapshot file failed in the snapshot child")
+    raise SnapshotChildFailed(f"the snapshot child failed (exit status {code})")

@@ -1,0 +1,59 @@
+"""``snapshot_child``: real forks. The outcome of the child's build and write comes back to
+the parent as the same exception (or result) it would have had in-process."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from discoverd.consensus.messages import ConfState, Snapshot, SnapshotMeta
+from discoverd.server.snapshot_child import SnapshotChildFailed, write_in_child
+from discoverd.storage.fs import WriteNotDone
+
+META = SnapshotMeta(7, 2, ConfState((1, 2, 3)))
+
+
+def _make() -> Snapshot:
+    return Snapshot(META, b"image of the store at 7" * 1000)
+
+
+async def test_the_child_writes_the_file_the_parent_then_reads(tmp_path: Path) -> None:
+    target = tmp_path / "snap"
+
+    def write(snap: Snapshot) -> bool:
+        target.write_bytes(snap.data)
+        return True
+
+    written, encode_seconds = await write_in_child(_make, write)
+    assert written is True
+    assert encode_seconds > 0
+    assert target.read_bytes() == _make().data
+
+
+async def test_a_snapshot_no_newer_than_held_is_reported_as_not_written() -> None:
+    assert (await write_in_child(_make, lambda snap: False))[0] is False
+
+
+async def test_no_room_comes_back_as_write_not_done_with_its_errno() -> None:
+    def full(snap: Snapshot) -> bool:
+        raise WriteNotDone(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteNotDone) as caught:
+        await write_in_child(_make, full)
+    assert caught.value.errno == errno.ENOSPC
+
+
+async def test_another_os_error_and_a_bug_are_told_apart() -> None:
+    def broken_disk(snap: Snapshot) -> bool:
+        raise OSError(errno.EIO, "I/O error")
+
+    def bug() -> Snapshot:
+        raise KeyError("a bug in the builder")
+
+    with pytest.raises(OSError, match="failed in the snapshot child") as caught:
+        await write_in_child(_make, broken_disk)
+    assert not isinstance(caught.value, WriteNotDone)
+    with pytest.raises(SnapshotChildFailed):
+        await write_in_child(bug, lambda snap: True)
