@@ -182,6 +182,10 @@ class LeaseService:
             await self._await_applied(committed)
             if self.core.applied < committed:
                 raise Unavailable("the leader is still applying committed entries; retry")
+            if not self.lessor.primary:
+                # Leadership was lost while we waited for the apply: answer as a follower
+                # would (the client retries elsewhere), never renew as a non-primary.
+                raise NotLeader(leader=self.core.leader)
             return self._serve_locally(op)
         leader = self.core.leader
         if not leader:
