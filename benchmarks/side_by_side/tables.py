@@ -1,10 +1,18 @@
 """Tables of docs/performance.md's issue-12 section from a side-by-side ``results.json``.
 
     python benchmarks/side_by_side/tables.py benchmarks/side_by_side/results.json
+    python benchmarks/side_by_side/tables.py rep1.json rep2.json --watch watch_fanout.json
 
 Prints, in markdown: every row with both repetitions (``rep1 / rep2``) and their median
 (of two: the mean), server CPU per op (server CPU seconds / ops, in ms), the per-system CPU
-per op summary, and the issue-12 targets (discoverd-3node against etcd-3node, medians).
+per op summary, and the issue-12 targets (discoverd-3node against etcd-3node, medians;
+the HTTP gateways under wrk, ``discoverd-3node+wrk-http`` against ``etcd-3node+wrk-http``,
+when those rows are there).
+
+Several results files (e.g. ``run.py --reps 1`` run twice, to keep each run short) are
+merged: a cell's repetitions are renumbered 1, 2, ... in the order of the files.
+``--watch a.json[,b.json]`` adds the watch fan-out rows and target from ``watch_fanout.py``'s
+JSON (several files merged the same way).
 """
 
 from __future__ import annotations
@@ -124,12 +132,92 @@ def targets(rows: list[dict[str, Any]], ours: str = "discoverd-3node",
     a = med(ours, "lease-grant", 16, "ops_per_s")
     b = med(theirs, "lease-grant", 16, "ops_per_s")
     row("(lease grants C=16, no target)", a, b, ratio(a, b), None)
+    gw_ours, gw_theirs = ours + "+wrk-http", theirs + "+wrk-http"
+    for wl, what in (("write", "put"), ("lin-read", "range")):
+        for c in (16, 64):
+            a, b = med(gw_ours, wl, c, "ops_per_s"), med(gw_theirs, wl, c, "ops_per_s")
+            if a is None and b is None:
+                continue
+            r = ratio(a, b)
+            row(f"HTTP gateway under wrk, {what} C={c} ≥ 0.75x etcd's gateway", a, b, r,
+                None if r is None else r >= 0.75)
     return "\n".join(lines)
 
 
+def watch_tables(data: dict[str, Any]) -> str:
+    """``watch_fanout.py``'s runs (both reps, medians) and its target."""
+    runs = data["runs"]
+    cfg = data.get("config", {})
+    out = [f"watch fan-out: {cfg.get('watchers')} watchers on one prefix in "
+           f"{cfg.get('procs')} processes (1 connection each, 1 stream per watch), "
+           f"{cfg.get('puts')} puts, writer {cfg.get('writer_clients')} clients, "
+           f"rate {cfg.get('rate') or 'unpaced'}",
+           "",
+           "| system | events/s (rep1 / rep2 ...) | median | lat p50 ms | lat p99 ms "
+           "| lost / dup / disorder | server CPU% | server CPU µs/event | watcher CPU% "
+           "| watcher CPU µs/event | puts/s |",
+           "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        by[r["system"]].append(r)
+    meds = {}
+    for system in sorted(by):
+        rs = sorted(by[system], key=lambda r: r["rep"])
+        eps = [r["events_per_s"] for r in rs]
+        meds[system] = _med(eps)
+        cols = [system, _both(eps, 0), _f(_med(eps), 0),
+                _both([r["lat_p50_ms"] for r in rs], 0),
+                _both([r["lat_p99_ms"] for r in rs], 0),
+                " / ".join(f"{r['lost']}/{r['dup']}/{r['order_err']}" for r in rs),
+                _both([r["server_cpu_pct"] for r in rs], 0),
+                _both([r["server_cpu_us_per_event"] for r in rs], 2),
+                _both([r["watcher_cpu_pct"] for r in rs], 0),
+                _both([r["watcher_cpu_us_per_event"] for r in rs], 2),
+                _both([r["writer"]["puts_per_s"] for r in rs], 0)]
+        out.append("| " + " | ".join(cols) + " |")
+    a, b = meds.get("discoverd-3node"), meds.get("etcd-3node")
+    lost = sum(r["lost"] + r["dup"] + r["order_err"] for r in by.get("discoverd-3node", []))
+    if a is not None and b:
+        ok = a / b >= 1.0 and lost == 0
+        out.append(f"\n| target | discoverd (median) | etcd (median) | ratio | verdict |\n"
+                   f"|---|---:|---:|---:|---|\n"
+                   f"| watch fan-out to {cfg.get('watchers')} watchers ≥ 1.0x etcd "
+                   f"(events/s) | {a:.0f} | {b:.0f} | {a / b:.2f}x | "
+                   f"{'met' if ok else '**not met**'} |")
+    return "\n".join(out)
+
+
+def load(paths: list[str]) -> dict[str, Any]:
+    """One results file, or several merged (reps renumbered per cell in file order)."""
+    datas = []
+    for path in paths:
+        with open(path) as f:
+            datas.append(json.load(f))
+    if len(datas) == 1:
+        return datas[0]
+    merged: dict[str, Any] = {"env": [d.get("env", {}) for d in datas],
+                              "machine": datas[0].get("machine", {}), "versions": {},
+                              "micro": [], "rows": [], "failures": []}
+    seen: dict[tuple[str, str, int], int] = defaultdict(int)
+    for d in datas:
+        merged["versions"].update(d.get("versions", {}))
+        merged["micro"] += d.get("micro", [])
+        merged["failures"] += d.get("failures", [])
+        for r in sorted(d["rows"], key=lambda r: r["rep"]):
+            k = (r["system"], r["workload"], r["clients"])
+            seen[k] += 1
+            merged["rows"].append({**r, "rep": seen[k]})
+    return merged
+
+
 def main() -> None:
-    with open(sys.argv[1]) as f:
-        data = json.load(f)
+    args = sys.argv[1:]
+    watch = None
+    if "--watch" in args:
+        i = args.index("--watch")
+        watch = args[i + 1]
+        del args[i:i + 2]
+    data = load(args)
     rows = data["rows"]
     print("env:", json.dumps(data.get("env", {})))
     print("machine:", json.dumps(data.get("machine", {})))
@@ -153,6 +241,22 @@ def main() -> None:
                   r["errors"], r["error_samples"])
     if data.get("failures"):
         print("\nFAILURES:", json.dumps(data["failures"], indent=1))
+    unverified = [r for r in rows if "+wrk-http" in r["system"] and
+                  not (r.get("verify") or {}).get("ok")]
+    if unverified:
+        print("\nwrk rows without a passed verification:",
+              [(r["system"], r["workload"], r["clients"], r["rep"]) for r in unverified])
+    if watch:
+        wdata: dict[str, Any] = {"runs": []}
+        for path in watch.split(","):  # several files: reps renumbered in file order
+            with open(path) as f:
+                d = json.load(f)
+            wdata.setdefault("config", d.get("config", {}))
+            for r in sorted(d["runs"], key=lambda r: r["rep"]):
+                n = sum(1 for x in wdata["runs"] if x["system"] == r["system"])
+                wdata["runs"].append({**r, "rep": n + 1})
+        print()
+        print(watch_tables(wdata))
 
 
 if __name__ == "__main__":
