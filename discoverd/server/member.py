@@ -6,6 +6,7 @@ caught-up peer first, then stop).
 from __future__ import annotations
 
 import fcntl
+import gc
 import math
 import os
 import random
@@ -407,9 +408,22 @@ async def _close_all(listeners: list[trio.SocketListener]) -> None:
         await listener.aclose()
 
 
+GC_THRESHOLDS = (20_000, 10, 10)
+"""The cyclic collector's thresholds for a serving member (CPython's default is 700, 10, 10).
+Requests allocate many short-lived containers, so at 700 the young generation is collected
+every few requests and objects are promoted early, which makes full collections — pauses
+that grow with the store — more frequent. Measured (issue 12, 64 writers): the put p99 fell
+from ~70 ms to ~45 ms with no change in throughput. Reference counting frees everything that
+is not in a cycle either way."""
+
+
 def serve(cfg: MemberConfig) -> None:
     """Run a member until SIGTERM/SIGINT (the ``discoverd serve`` command)."""
     log = configure_logging(cfg.log_format, cfg.log_level, member=cfg.name)
+    # What exists now (modules, classes, functions) lives as long as the process: keep it
+    # out of every collection.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
     async def main() -> None:
         member = Member(cfg, log)

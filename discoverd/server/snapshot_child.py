@@ -59,18 +59,15 @@ async def write_in_child(make: Callable[[], Snapshot],
         SnapshotChildFailed: anything else went wrong in the child.
     """
     timing_r, timing_w = os.pipe()
-    gc.freeze()  # a collection in the child would touch (and copy) every tracked object
     try:
         pid = os.fork()
     except BaseException:
-        gc.unfreeze()
         os.close(timing_r)
         os.close(timing_w)
         raise
     if pid == 0:  # pragma: no cover - the child; its outcome is the exit status
         os.close(timing_r)
         _child(make, write_file, timing_w)
-    gc.unfreeze()
     os.close(timing_w)
     reaped = False
     try:
@@ -108,7 +105,7 @@ def _child(make: Callable[[], Snapshot], write_file: Callable[[Snapshot], bool],
            timing_w: int) -> None:  # pragma: no cover - the child
     code = FAILED
     try:
-        gc.disable()
+        gc.disable()  # a collection would touch (and so copy) every tracked object
         started = time.perf_counter()
         snap = make()
         os.write(timing_w, _TIMING.pack(time.perf_counter() - started))  # 8 bytes: atomic
