@@ -9,8 +9,8 @@ It is the unit both runtimes drive: ``server/raft_loop.py`` (trio, real disk and
     core.storage.persist(rd...)          # the slow, blocking half (a worker thread in trio)
     done = core.complete(rd)             # memory half + apply; send done.messages, answer
                                          # done.replies, then run done.snapshot if any:
-    snap = done.snapshot.make()          #   build the image (any thread: the state it reads
-    core.storage.write_snapshot(snap)    #   was frozen), write it, then
+    snap = done.snapshot.make()          #   take it before applying more (make now, fork,
+    core.storage.write_snapshot(snap)    #   or freeze() for a thread), write it, then
     core.snapshot_written(snap, done.compact_to)  # (or snapshot_abandoned() on failure)
 
 Request ids are the runtime's (any int unique among pending requests).
@@ -112,14 +112,24 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotJob:
-    """A snapshot due at ``meta``: the state is frozen, the image not built yet."""
+    """A snapshot due at ``meta``. Until the runtime applies anything more, the state
+    machine *is* the state at ``meta.index``: the runtime takes it before that, either by
+    forking (the child's copy-on-write memory is the frozen state; ``make`` there) or with
+    ``freeze`` (a cheap copy to encode on another thread)."""
 
     meta: SnapshotMeta
-    build: Callable[[], bytes]
+    machine: StateMachine
 
     def make(self) -> Snapshot:
-        """Encode the image (slow for a large store: run it off the member's thread)."""
-        return Snapshot(self.meta, self.build())
+        """Encode the state as it is now (the slow part: in a forked child, or here for a
+        small in-memory machine)."""
+        return Snapshot(self.meta, self.machine.snapshot())
+
+    def freeze(self) -> Callable[[], Snapshot]:
+        """Copy what the image needs now; the returned builder may run on any thread."""
+        build = self.machine.snapshot_builder()
+        meta = self.meta
+        return lambda: Snapshot(meta, build())
 
 
 @dataclass(slots=True)
@@ -389,7 +399,7 @@ class MemberCore:
             return None
         meta = SnapshotMeta(self.applied, term, self.conf_state)
         self.snapshot_in_flight = True
-        return SnapshotJob(meta, self.sm.snapshot_builder())
+        return SnapshotJob(meta, self.sm)
 
     def snapshot_written(self, snap: Snapshot, compact_to: int) -> None:
         """The runtime wrote ``snap`` durably: remember it and compact the log behind it."""

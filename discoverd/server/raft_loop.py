@@ -39,7 +39,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 import trio
 
-from discoverd.consensus.messages import ConfChange, Message, Snapshot
+from discoverd.consensus.messages import ConfChange, Message, Snapshot, SnapshotMeta
 from discoverd.consensus.raft import Role
 from discoverd.consensus.rawnode import Ready
 from discoverd.errors import DiscoverdError, DiskFull
@@ -372,36 +372,50 @@ class RaftLoop:
 
     def _start_snapshot(self, nursery: trio.Nursery, job: SnapshotJob,
                         compact_to: int) -> None:
-        """Build and write the snapshot ``complete`` froze, in a task of its own: a large
-        image takes seconds to encode and write, and the Ready loop goes on committing
-        meanwhile (only the WAL marker at the end is the loop's; see
-        ``_record_snapshot``). After a failure for lack of space, wait before the next."""
+        """Take the snapshot ``complete`` found due — now, before anything more is applied:
+        fork (the child's memory is the state at its index) or freeze a copy for a worker
+        thread — and build and write it in a task of its own: a large image takes seconds,
+        and the Ready loop goes on committing meanwhile (only the WAL marker at the end is
+        the loop's; see ``_record_snapshot``). After a failure for lack of space, wait
+        before the next."""
         if trio.current_time() < self._snapshot_retry_at:
             self.core.snapshot_abandoned()
             return
-        nursery.start_soon(self._write_snapshot, job, compact_to)
+        storage = self.core.storage
+        if self._fork_snapshots:
+            try:
+                child = snapshot_child.SnapshotChild.fork(job.make, storage.write_snapshot_file)
+            except OSError as exc:  # no memory for a fork: build on a thread this time
+                self.log.warning("could not fork to write a snapshot; building it here",
+                                 error=str(exc), index=job.meta.index)
+            else:
+                nursery.start_soon(self._write_snapshot, job.meta, child, None, compact_to)
+                return
+        nursery.start_soon(self._write_snapshot, job.meta, None, job.freeze(), compact_to)
 
-    async def _write_snapshot(self, job: SnapshotJob, compact_to: int) -> None:
+    async def _write_snapshot(self, meta: SnapshotMeta,
+                              child: snapshot_child.SnapshotChild | None,
+                              build: Callable[[], Snapshot] | None, compact_to: int) -> None:
         core = self.core
         try:
             started = time.perf_counter()
-            if self._fork_snapshots:
-                written, marshal_seconds = await snapshot_child.write_in_child(
-                    job.make, core.storage.write_snapshot_file)
+            if child is not None:
+                written, marshal_seconds = await child.wait()
                 encoded = time.perf_counter()
                 if self.observer is not None and marshal_seconds:
                     # Timed in the child (its own metrics die with it).
                     self.observer.snapshot_marshalled(marshal_seconds)
                 # The parent never built the image: read it back (off the loop) for the
                 # followers that will need it; the page cache still has it.
-                snap = await self._run_blocking(core.storage.load_snapshot_file, job.meta)
+                snap = await self._run_blocking(core.storage.load_snapshot_file, meta)
             else:
-                snap = await self._run_blocking(job.make)
+                assert build is not None
+                snap = await self._run_blocking(build)
                 encoded = time.perf_counter()
                 written = await self._run_blocking(core.storage.write_snapshot_file, snap)
         except OSError as exc:
             core.snapshot_abandoned()
-            self._snapshot_failed(exc, job.meta.index)
+            self._snapshot_failed(exc, meta.index)
             return
         except BaseException:
             core.snapshot_abandoned()

@@ -3,11 +3,13 @@
 Encoding a large store is seconds of pure-Python and cbor2 work. On a worker thread it
 still holds the GIL most of the time (measured at 1,000,000 keys: the event loop got a
 quarter of the interpreter and missed heartbeats long enough for elections; issue 12), so
-the member forks instead, as Redis does for its RDB files: the child sees the frozen state
-copy-on-write, encodes it, writes and fsyncs the file with the member's own storage code and
-exits; the parent's event loop runs on untouched (it only waits for the exit on a worker
-thread, which holds no GIL while waiting). The parent then records the snapshot in its WAL
-and loads the file back for followers that need it (``raft_loop``).
+the member forks instead, as Redis does for its RDB files. The fork *is* the freeze: it
+happens right after the Ready that reached the snapshot's index, before anything more is
+applied, so the child's copy-on-write memory is exactly that state (no copy of a million
+versions on the event loop). The child encodes it, writes and fsyncs the file with the
+member's own storage code and exits; the parent's event loop runs on untouched (it waits for
+the exit on a pidfd). The parent then records the snapshot in its WAL and loads the file
+back for followers that need it (``raft_loop``).
 
 The child runs nothing but the builder and the file write and leaves with ``os._exit`` —
 never back into trio, never through ``atexit`` or buffered streams it shares with the
@@ -47,41 +49,64 @@ def available() -> bool:
     return hasattr(os, "fork")
 
 
+class SnapshotChild:
+    """A forked child building and writing one snapshot file."""
+
+    def __init__(self, pid: int, timing_fd: int) -> None:
+        self.pid = pid
+        self._timing_fd = timing_fd
+
+    @classmethod
+    def fork(cls, make: Callable[[], Snapshot],
+             write_file: Callable[[Snapshot], bool]) -> SnapshotChild:
+        """Fork now — the child's memory is the state as it is at this instant, so call
+        this before applying anything more — to run ``write_file(make())`` there.
+
+        Raises:
+            OSError: the fork failed (e.g. no memory for the page tables).
+        """
+        timing_r, timing_w = os.pipe()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(timing_r)
+            os.close(timing_w)
+            raise
+        if pid == 0:  # pragma: no cover - the child; its outcome is the exit status
+            os.close(timing_r)
+            _child(make, write_file, timing_w)
+        os.close(timing_w)
+        return cls(pid, timing_r)
+
+    async def wait(self) -> tuple[bool, float]:
+        """Whether the file was written (False: ``write_file`` found the snapshot no newer
+        than the one held) and the seconds ``make`` took in the child (0.0 if it never
+        finished). A cancelled wait kills the child.
+
+        Raises:
+            WriteNotDone: no room (nothing of the file is left), with the child's errno.
+            OSError: another write failure in the child.
+            SnapshotChildFailed: anything else went wrong in the child.
+        """
+        reaped = False
+        try:
+            status = await _exit_status(self.pid)
+            reaped = True
+            timing = os.read(self._timing_fd, _TIMING.size)
+        finally:
+            os.close(self._timing_fd)
+            if not reaped:  # the member is stopping: do not leave the child behind. Only
+                # we reap it, so the pid is still the child's here.
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)  # noqa: ASYNC222 - killed: reaped at once
+        encode_seconds = _TIMING.unpack(timing)[0] if len(timing) == _TIMING.size else 0.0
+        return _outcome(status), encode_seconds
+
+
 async def write_in_child(make: Callable[[], Snapshot],
                          write_file: Callable[[Snapshot], bool]) -> tuple[bool, float]:
-    """Run ``write_file(make())`` in a forked child. Returns whether the file was written
-    (False: ``write_file`` found the snapshot no newer than the one held) and the seconds
-    ``make`` took in the child (the marshalling metric; 0.0 if it never finished).
-
-    Raises:
-        WriteNotDone: no room (nothing of the file is left), with the child's errno.
-        OSError: another write failure in the child.
-        SnapshotChildFailed: anything else went wrong in the child.
-    """
-    timing_r, timing_w = os.pipe()
-    try:
-        pid = os.fork()
-    except BaseException:
-        os.close(timing_r)
-        os.close(timing_w)
-        raise
-    if pid == 0:  # pragma: no cover - the child; its outcome is the exit status
-        os.close(timing_r)
-        _child(make, write_file, timing_w)
-    os.close(timing_w)
-    reaped = False
-    try:
-        status = await _exit_status(pid)
-        reaped = True
-        timing = os.read(timing_r, _TIMING.size)
-    finally:
-        os.close(timing_r)
-        if not reaped:  # the member is stopping: do not leave the child behind. Only we
-            # reap it, so the pid is still the child's here.
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)  # noqa: ASYNC222 - killed: reaped at once, and cancelled
-    encode_seconds = _TIMING.unpack(timing)[0] if len(timing) == _TIMING.size else 0.0
-    return _outcome(status), encode_seconds
+    """``SnapshotChild.fork(make, write_file).wait()``."""
+    return await SnapshotChild.fork(make, write_file).wait()
 
 
 async def _exit_status(pid: int) -> int:
