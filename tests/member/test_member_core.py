@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -258,3 +259,21 @@ def test_one_snapshot_at_a_time_until_written_or_abandoned() -> None:
     leader.storage.write_snapshot(snap)
     leader.snapshot_written(snap, compact_to)
     assert leader.snapshot_index == later[-1].meta.index
+
+
+def test_members_take_their_first_snapshot_at_staggered_indexes() -> None:
+    """Same entries, same --snapshot-count: without a stagger all members would encode at
+    once. The first comes up to 3/4 of the count early, by member id; later ones every
+    count entries after it."""
+    t = Trio(snapshot_count=8)
+    t.elect(1)
+    for i in range(20):
+        t.cores[1].propose(100 + i, encode_put(b"k%d" % i, b"v"))
+        t.pump()
+    firsts = {}
+    for i in t.cores:
+        indexes = [c.snapshot.meta.index for c in t.completions[i] if c.snapshot is not None]
+        assert indexes, i
+        firsts[i] = indexes[0]
+        assert all(b - a >= 8 for a, b in itertools.pairwise(indexes)), indexes
+    assert len(set(firsts.values())) == 3, firsts

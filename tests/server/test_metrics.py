@@ -245,7 +245,7 @@ async def test_metrics_follow_what_clients_do(tmp_path: Path) -> None:
             snap = logs[0].events("snapshot saved")[0]
             assert snap["member"] == "m1"
             assert snap["term"] >= 1
-            assert snap["index"] >= 8
+            assert snap["index"] >= 2  # --snapshot-count 8; the first may come 3/4 early
 
 
 async def test_watch_lease_and_stream_gauges_fall_back_when_they_end(tmp_path: Path) -> None:
