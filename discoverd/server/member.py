@@ -97,7 +97,7 @@ class Member:
         )
         self.loop = RaftLoop(self.core, self._send, tick_seconds=cfg.tick_seconds, log=log,
                              after_ready=self._after_ready, observer=self.metrics,
-                             fork_snapshots=True)
+                             fork_snapshots=True, child_closes=(self._lock.fileno(),))
         self.leases = LeaseService(
             self.core, self.machine, self.loop, member_id=self.member_id, send=self._send,
             header=self.header, tick_seconds=cfg.tick_seconds,

@@ -33,7 +33,7 @@ from __future__ import annotations
 import errno
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -102,10 +102,13 @@ class RaftLoop:
         after_ready: Callable[[], None] | None = None,
         observer: LoopObserver | None = None,
         fork_snapshots: bool = False,
+        child_closes: Sequence[int] = (),
     ) -> None:
         self.core = core
         self.observer = observer
         self._fork_snapshots = fork_snapshots and snapshot_child.available()
+        self._child_closes = tuple(child_closes)
+        """Descriptors a snapshot child must close (the data dir's lock)."""
         """Build and write snapshot files in a forked child (``server/snapshot_child.py``):
         for members on a real disk; in-memory ones build on ``run_blocking``."""
         self._after_ready = after_ready
@@ -384,7 +387,8 @@ class RaftLoop:
         storage = self.core.storage
         if self._fork_snapshots:
             try:
-                child = snapshot_child.SnapshotChild.fork(job.make, storage.write_snapshot_file)
+                child = snapshot_child.SnapshotChild.fork(
+                    job.make, storage.write_snapshot_file, close_fds=self._child_closes)
             except OSError as exc:  # no memory for a fork: build on a thread this time
                 self.log.warning("could not fork to write a snapshot; building it here",
                                  error=str(exc), index=job.meta.index)

@@ -18,13 +18,14 @@ parent. Its outcome travels in the exit status.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import gc
 import os
 import signal
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -57,15 +58,20 @@ class SnapshotChild:
         self._timing_fd = timing_fd
 
     @classmethod
-    def fork(cls, make: Callable[[], Snapshot],
-             write_file: Callable[[Snapshot], bool]) -> SnapshotChild:
+    def fork(cls, make: Callable[[], Snapshot], write_file: Callable[[Snapshot], bool],
+             *, close_fds: Sequence[int] = ()) -> SnapshotChild:
         """Fork now — the child's memory is the state as it is at this instant, so call
         this before applying anything more — to run ``write_file(make())`` there.
+
+        ``close_fds``: descriptors the child must not keep, above all the data dir's lock
+        (a ``flock`` lives as long as any process holds its file open: a child outliving a
+        killed member would keep its restart out). The child also dies with its parent.
 
         Raises:
             OSError: the fork failed (e.g. no memory for the page tables).
         """
         timing_r, timing_w = os.pipe()
+        parent = os.getpid()
         try:
             pid = os.fork()
         except BaseException:
@@ -74,7 +80,7 @@ class SnapshotChild:
             raise
         if pid == 0:  # pragma: no cover - the child; its outcome is the exit status
             os.close(timing_r)
-            _child(make, write_file, timing_w)
+            _child(make, write_file, timing_w, parent, close_fds)
         os.close(timing_w)
         return cls(pid, timing_r)
 
@@ -103,10 +109,10 @@ class SnapshotChild:
         return _outcome(status), encode_seconds
 
 
-async def write_in_child(make: Callable[[], Snapshot],
-                         write_file: Callable[[Snapshot], bool]) -> tuple[bool, float]:
-    """``SnapshotChild.fork(make, write_file).wait()``."""
-    return await SnapshotChild.fork(make, write_file).wait()
+async def write_in_child(make: Callable[[], Snapshot], write_file: Callable[[Snapshot], bool],
+                         *, close_fds: Sequence[int] = ()) -> tuple[bool, float]:
+    """``SnapshotChild.fork(make, write_file, close_fds=...).wait()``."""
+    return await SnapshotChild.fork(make, write_file, close_fds=close_fds).wait()
 
 
 async def _exit_status(pid: int) -> int:
@@ -127,10 +133,14 @@ async def _exit_status(pid: int) -> int:
 
 
 def _child(make: Callable[[], Snapshot], write_file: Callable[[Snapshot], bool],
-           timing_w: int) -> None:  # pragma: no cover - the child
+           timing_w: int, parent: int,
+           close_fds: Sequence[int]) -> None:  # pragma: no cover - the child
     code = FAILED
     try:
         gc.disable()  # a collection would touch (and so copy) every tracked object
+        for fd in close_fds:
+            os.close(fd)
+        _die_with(parent)
         started = time.perf_counter()
         snap = make()
         os.write(timing_w, _TIMING.pack(time.perf_counter() - started))  # 8 bytes: atomic
@@ -143,6 +153,20 @@ def _child(make: Callable[[], Snapshot], write_file: Callable[[Snapshot], bool],
         code = FAILED
     finally:
         os._exit(code)
+
+
+def _die_with(parent: int) -> None:  # pragma: no cover - the child
+    """Linux: be killed when the parent dies (its snapshot could never be recorded)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: the child just finishes its file, which recovery removes
+    if os.getppid() != parent:  # it died before the prctl took hold
+        os._exit(FAILED)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _outcome(status: int) -> bool:

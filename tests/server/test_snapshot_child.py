@@ -4,12 +4,15 @@ the parent as the same exception (or result) it would have had in-process."""
 from __future__ import annotations
 
 import errno
+import fcntl
+import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from discoverd.consensus.messages import ConfState, Snapshot, SnapshotMeta
-from discoverd.server.snapshot_child import SnapshotChildFailed, write_in_child
+from discoverd.server.snapshot_child import SnapshotChild, SnapshotChildFailed, write_in_child
 from discoverd.storage.fs import WriteNotDone
 
 META = SnapshotMeta(7, 2, ConfState((1, 2, 3)))
@@ -57,3 +60,31 @@ async def test_another_os_error_and_a_bug_are_told_apart() -> None:
     assert not isinstance(caught.value, WriteNotDone)
     with pytest.raises(SnapshotChildFailed):
         await write_in_child(bug, lambda snap: True)
+
+
+async def test_the_child_does_not_keep_the_data_dir_lock(tmp_path: Path) -> None:
+    """A flock lives while any process holds its file open: a snapshot child of a killed
+    member must not keep the restarted member out of its data dir."""
+    lock_path = tmp_path / "lock"
+    held = open(lock_path, "wb")  # noqa: SIM115, ASYNC230 - a local lock file; closed below
+    fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    release = tmp_path / "release"
+
+    def slow_make() -> Snapshot:
+        while not release.exists():  # the child outlives the "member"'s lock
+            time.sleep(0.01)
+        return _make()
+
+    child = SnapshotChild.fork(slow_make, lambda snap: True, close_fds=[held.fileno()])
+    held.close()  # the member dies
+    with open(lock_path, "wb") as again:  # noqa: ASYNC230 - its restart takes the lock
+        deadline = time.monotonic() + 5  # the child closes its copy just after the fork
+        while True:
+            try:
+                fcntl.flock(again.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the child kept the lock"
+                await trio.sleep(0.01)
+    release.touch()
+    assert (await child.wait())[0] is True
