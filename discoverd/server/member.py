@@ -135,7 +135,9 @@ class Member:
             quota_bytes=cfg.quota_backend_bytes, header=self.header, log=log)
         self.snapshots = SnapshotService(
             self.core, self.machine, cluster_id=self.cluster_id, member_id=self.member_id,
-            header=self.header, log=log)
+            header=self.header, log=log,
+            spool_dir=os.path.join(cfg.member_dir, "snapshot-spool"),
+            child_closes=(self._lock.fileno(),))
         self.auth = AuthService(self.machine, self.loop, header=self.header,
                                 token_ttl=cfg.auth_token_ttl, bcrypt_cost=cfg.bcrypt_cost,
                                 log=log)

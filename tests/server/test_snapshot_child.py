@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import random
 import time
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import pytest
 import trio
 
 from discoverd.consensus.messages import ConfState, Snapshot, SnapshotMeta
+from discoverd.consensus.raft import Config
+from discoverd.consensus.storage import MemoryStorage
+from discoverd.errors import Unavailable
+from discoverd.machine.applier import KvMachine
+from discoverd.member.core import MemberCore
 from discoverd.server.snapshot_child import SnapshotChild, SnapshotChildFailed, write_in_child
+from discoverd.server.snapshot_service import SnapshotService
 from discoverd.storage.fs import WriteNotDone
 
 META = SnapshotMeta(7, 2, ConfState((1, 2, 3)))
@@ -88,3 +95,27 @@ async def test_the_child_does_not_keep_the_data_dir_lock(tmp_path: Path) -> None
                 await trio.sleep(0.01)
     release.touch()
     assert (await child.wait())[0] is True
+
+
+async def test_snapshot_save_spools_through_a_child_and_reports_its_failure(
+    tmp_path: Path,
+) -> None:
+    """``snapshot save``'s image comes from a forked child via a spool file (removed after);
+    a child that fails is a clean ``Unavailable`` for that client, not a crashed stream."""
+
+    class Broken(KvMachine):
+        def snapshot(self) -> bytes:
+            raise RuntimeError("a bug while encoding")
+
+    def service(machine: KvMachine) -> SnapshotService:
+        core = MemberCore(Config(id=1, voters=(1,)), MemoryStorage(), machine,
+                          random.Random(1))
+        return SnapshotService(core, machine, cluster_id=1, member_id=1,
+                               header=lambda revision=None: {}, spool_dir=str(tmp_path / "s"))
+
+    good = KvMachine()
+    image = await service(good)._image_from_child(str(tmp_path / "s"))
+    assert image == good.snapshot()
+    with pytest.raises(Unavailable, match="could not build the snapshot image"):
+        await service(Broken())._image_from_child(str(tmp_path / "s"))
+    assert list((tmp_path / "s").iterdir()) == []
