@@ -40,7 +40,7 @@ import run_all  # noqa: E402
 import systems as S  # noqa: E402
 import watch_fanout  # noqa: E402
 from discoverd_wrk import DiscoverdWrkSystem  # noqa: E402
-from profile_leader import frames_of, summarize  # noqa: E402
+from profile_leader import code_stacks, summarize  # noqa: E402
 
 PY_SPY = os.path.join(os.path.dirname(sys.executable), "py-spy")
 
@@ -80,14 +80,9 @@ def paths(raw_path: str, depth: int, top: int) -> None:
     """The heaviest call paths: each sample's last ``depth`` code frames."""
     count: collections.Counter[tuple[str, ...]] = collections.Counter()
     samples = 0
-    with open(raw_path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            frames, n = frames_of(line)
-            samples += n
-            code = [fr for fr in frames if not fr.startswith(("process ", "thread "))]
-            count[tuple(code[-depth:])] += n
+    for code, n in code_stacks(raw_path):
+        samples += n
+        count[tuple(code[-depth:])] += n
     print(f"\nheaviest paths (last {depth} frames, caller → callee):\n")
     for i, (path, n) in enumerate(count.most_common(top), 1):
         print(f"{i}. {100 * n / samples:.1f}%  " + " → ".join(path))

@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HARNESS = os.environ.get("BENCH_HARNESS", "/work/shared/bench")
@@ -38,23 +39,29 @@ def frames_of(line: str) -> tuple[list[str], int]:
     return frames, int(count)
 
 
-def summarize(raw_path: str, top: int) -> None:
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    samples = 0
+def code_stacks(raw_path: str) -> Iterator[tuple[list[str], int]]:
+    """Each sample line of a py-spy raw file: its code frames (outermost first; the
+    thread/process frames dropped) and its count."""
     with open(raw_path) as f:
         for line in f:
             if not line.strip():
                 continue
             frames, n = frames_of(line)
-            samples += n
             # the first frame is the thread ("process 123:..." / "thread (0x..)")
-            code = [fr for fr in frames if not fr.startswith(("process ", "thread "))]
-            if not code:
-                continue
-            own[code[-1]] += n
-            for fr in set(code):
-                total[fr] += n
+            yield [fr for fr in frames if not fr.startswith(("process ", "thread "))], n
+
+
+def summarize(raw_path: str, top: int) -> None:
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for code, n in code_stacks(raw_path):
+        samples += n
+        if not code:
+            continue
+        own[code[-1]] += n
+        for fr in set(code):
+            total[fr] += n
     print(f"samples: {samples}")
     print("\n| # | function (file) | own samples | own % |")
     print("|---:|---|---:|---:|")
