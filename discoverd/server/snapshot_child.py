@@ -109,12 +109,6 @@ class SnapshotChild:
         return _outcome(status), encode_seconds
 
 
-async def write_in_child(make: Callable[[], Snapshot], write_file: Callable[[Snapshot], bool],
-                         *, close_fds: Sequence[int] = ()) -> tuple[bool, float]:
-    """``SnapshotChild.fork(make, write_file, close_fds=...).wait()``."""
-    return await SnapshotChild.fork(make, write_file, close_fds=close_fds).wait()
-
-
 async def _exit_status(pid: int) -> int:
     """Wait (cancellably, without a thread) for the child to exit; reap it."""
     pidfd_open = getattr(os, "pidfd_open", None)

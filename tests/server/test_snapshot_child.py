@@ -7,6 +7,7 @@ import errno
 import fcntl
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,14 @@ from discoverd.consensus.storage import MemoryStorage
 from discoverd.errors import Unavailable
 from discoverd.machine.applier import KvMachine
 from discoverd.member.core import MemberCore
-from discoverd.server.snapshot_child import SnapshotChild, SnapshotChildFailed, write_in_child
+from discoverd.server.snapshot_child import SnapshotChild, SnapshotChildFailed
 from discoverd.server.snapshot_service import SnapshotService
 from discoverd.storage.fs import WriteNotDone
+
+
+async def write_in_child(make: Callable[[], Snapshot],
+                         write_file: Callable[[Snapshot], bool]) -> tuple[bool, float]:
+    return await SnapshotChild.fork(make, write_file).wait()
 
 META = SnapshotMeta(7, 2, ConfState((1, 2, 3)))
 
