@@ -387,6 +387,16 @@ class WatchHub:
         w = self._watchers.get(watcher_id)
         if w is None:
             return []
+        if len(w.buffer) == 1 and w.state is _State.SYNCED and not (w.asked or w.periodic):
+            # The fan-out case: one revision waiting, nothing else owed. Hand out the very
+            # tuple ``notify`` shared among watchers of this shape (what lets the watch
+            # service's encoder reuse its bytes), with what the general path would set.
+            evs = w.buffer.popleft()[1]
+            w.buffered -= len(evs)
+            self._buffered -= len(evs)
+            w.reported = self._revision
+            w.told = True
+            return [WatchBatch(BatchKind.EVENTS, evs, revision=self._revision)]
         taken: list[Event] = []
         while True:
             if not w.buffer:

@@ -71,6 +71,34 @@ class Connection:
 
 Handler = Callable[[dict[str, Any], Connection], Awaitable[dict[str, Any]]]
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
+"""A stream's way to send one ``ok`` body (a native frame, or an HTTP chunk)."""
+
+
+class NativeEmit:
+    """A native stream's ``Emit``: each body goes out as ``{"id": stream id, "ok": body}``.
+
+    ``encoded`` also takes a body that is already CBOR: what lets the watch service encode
+    each event once for all its watchers instead of once per watcher (wire/watch_frames.py).
+    The HTTP gateway's emitters have no ``encoded`` and get maps.
+    """
+
+    __slots__ = ("_answer", "_prefix", "_put", "stream_id")
+
+    def __init__(self, stream_id: int, answer: Callable[[dict[str, Any]], Awaitable[None]],
+                 put_frame: Callable[[bytes], Awaitable[None]]) -> None:
+        self.stream_id = stream_id
+        self._answer = answer
+        self._put = put_frame
+        self._prefix = b"\xa2" + cbor2.dumps("id") + cbor2.dumps(stream_id) + cbor2.dumps("ok")
+
+    async def __call__(self, body: dict[str, Any]) -> None:
+        await self._answer({"id": self.stream_id, "ok": body})
+
+    async def encoded(self, body: bytes) -> None:
+        """Send ``body``, the CBOR encoding of an ``ok`` map."""
+        await self._put(encode_frame(self._prefix + body))
+
+
 StreamHandler = Callable[[dict[str, Any], Connection, Emit], Awaitable[None]]
 RequestHook = Callable[[str, str, float | None], None]
 """Told ``(op, code, seconds)`` as each request ends (the metrics): ``op`` is a known op or
@@ -265,13 +293,14 @@ class ClientApi:
                     decoder.feed(data)
                     continue
                 await limiter.acquire()
-                nursery.start_soon(self._serve_one, frame, conn, answer, limiter)
+                nursery.start_soon(self._serve_one, frame, conn, answer, outbox.put, limiter)
 
     async def _serve_one(
         self,
         frame: bytes,
         conn: Connection,
         answer: Callable[[dict[str, Any]], Awaitable[None]],
+        put_frame: Callable[[bytes], Awaitable[None]],
         limiter: trio.Semaphore,
     ) -> None:
         released = False
@@ -301,12 +330,7 @@ class ClientApi:
                     # slot and has no request timeout (its op bounds its own resources).
                     limiter.release()
                     released = True
-                    stream_id = rid
-
-                    async def emit(body: dict[str, Any]) -> None:
-                        await answer({"id": stream_id, "ok": body})
-
-                    await self.open_stream(op, req, conn, emit)
+                    await self.open_stream(op, req, conn, NativeEmit(rid, answer, put_frame))
                     code = "ok"
                     return
                 result = await self.call(op, req, conn)

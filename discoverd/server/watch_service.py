@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cbor2
 import trio
 
 from discoverd.errors import NoLeader, TooManyWatches, WatchNotFound
@@ -24,8 +25,9 @@ from discoverd.kv.store import MvccStore
 from discoverd.kv.watch import BatchKind, WatchHub
 from discoverd.machine.auth import AUTH_USER_FIELD, AuthStore
 from discoverd.member.core import MemberCore
-from discoverd.server.api_server import Connection, Emit, Handler, StreamHandler
+from discoverd.server.api_server import Connection, Emit, Handler, NativeEmit, StreamHandler
 from discoverd.wire.lease_watch_codec import decode_watch, encode_event
+from discoverd.wire.watch_frames import EventBytes, WatchFrameHeads
 
 
 class WatchService:
@@ -60,6 +62,9 @@ class WatchService:
         self._leaderless_since: float | None = None
         self.no_leader = False
         self.events_sent = 0
+        self._event_bytes = EventBytes()
+        """Each recent event encoded once for every native watch stream (issue 12)."""
+        self._headers: dict[tuple[int, int], bytes] = {}
 
     def __repr__(self) -> str:
         return f"<WatchService streams={len(self._events)} hub={len(self.hub)}>"
@@ -119,6 +124,8 @@ class WatchService:
 
     async def _pump(self, wid: int, emit: Emit) -> None:
         hub = self.hub
+        encoded = emit.encoded if isinstance(emit, NativeEmit) else None
+        heads = WatchFrameHeads(wid)
         while True:
             if self.no_leader:
                 raise NoLeader("etcdserver: no leader (watch stream ended; resume elsewhere)")
@@ -138,14 +145,30 @@ class WatchService:
                         body["compact_revision"] = batch.compact_revision
                     await emit(body)
                     return
+                self.events_sent += len(batch.events)
+                progress = batch.kind is BatchKind.PROGRESS
+                if encoded is not None:
+                    await encoded(heads.body(self._header_bytes(batch.revision),
+                                             self._event_bytes.array(batch.events),
+                                             progress=progress))
+                    continue
                 frame: dict[str, Any] = {
                     "header": self._header(batch.revision), "watch_id": wid,
                     "events": [encode_event(e) for e in batch.events],
                 }
-                if batch.kind is BatchKind.PROGRESS:
+                if progress:
                     frame["progress"] = True
-                self.events_sent += len(batch.events)
                 await emit(frame)
+
+    def _header_bytes(self, revision: int) -> bytes:
+        """The encoded header at ``revision``, shared by every frame at it in this term."""
+        key = (revision, self.core.term)
+        encoded = self._headers.get(key)
+        if encoded is None:
+            if len(self._headers) >= 256:
+                self._headers.clear()
+            encoded = self._headers[key] = cbor2.dumps(self._header(revision))
+        return encoded
 
     def rejudge(self, auth: AuthStore) -> None:
         """After the auth state changed: end every watch whose user may no longer read its
