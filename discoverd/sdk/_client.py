@@ -766,6 +766,9 @@ class AsyncClient(AuthMixin):
     async def _connect_current(self) -> Connection:
         """The connection to the current endpoint, dialling it if needed. A failed dial
         moves the client to the next endpoint before raising ``DialError``."""
+        conn = self._conn
+        if conn is not None and conn.usable:
+            return conn  # the common case, without the dial lock's checkpoints
         tg = self._task_group()
         assert self._dial_lock is not None
         async with self._dial_lock:
