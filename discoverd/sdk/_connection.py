@@ -25,7 +25,7 @@ with its id. The design keeps three promises:
 
 **Streams** (a watch, a snapshot) are requests answered by many frames with one id, until a
 frame with ``canceled: true`` (a watch) or ``done: true`` (a snapshot), or an ``err`` frame.
-The reader puts each frame into the stream's bounded memory channel with ``send_nowait``: it
+The reader appends each frame to the stream's bounded buffer (``Stream._deliver``): it
 never waits for a consumer, because one application that stops reading a watch must not
 stall every other answer on the connection. If a stream's buffer is full, the reader ends
 that stream alone with ``StreamOverflow`` (after the frames already buffered); the watch
@@ -38,14 +38,15 @@ Only anyio is used, so the same code runs under trio and asyncio.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import cbor2
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from anyio.streams.tls import TLSStream
 
 from discoverd.errors import ClientError, RequestTooLarge, Unavailable
@@ -156,24 +157,41 @@ class Stream:
     Frames the reader delivered before the stream ended are still received after its end,
     and only then does ``receive`` raise why it ended — so a consumer sees everything the
     member sent before a failure, which is what lets a watch resume exactly where it was.
+
+    The buffer is a plain deque and a consumer that finds it empty parks on one event,
+    rather than an anyio memory object stream: a busy connection delivers a frame per
+    watch per change (250 watches on one connection means 250 frames per put), and the
+    memory stream's per-item bookkeeping (a fresh receiver object and an event, a
+    checkpoint before parking) was a large share of a watcher's CPU per event. A frame
+    stays in the deque until the consumer takes it, so a consumer cancelled while
+    waiting loses nothing.
     """
+
+    __slots__ = ("_buffer", "_closed", "_ended", "_failure", "_frames", "_new_event",
+                 "_waiter", "conn", "last_arrival", "rid")
 
     def __init__(self, conn: Connection, rid: int, buffer: int) -> None:
         self.conn = conn
         self.rid = rid
-        self._send: MemoryObjectSendStream[dict[str, Any]]
-        self._recv: MemoryObjectReceiveStream[dict[str, Any]]
-        self._send, self._recv = anyio.create_memory_object_stream[dict[str, Any]](buffer)
+        self._buffer = max(1, buffer)
+        self._frames: deque[dict[str, Any]] = deque()
+        self._new_event = conn._new_event
+        self._waiter: anyio.Event | None = None
+        self._ended = False  # the reader will deliver nothing more
+        self._closed = False  # the consumer called close()
         self._failure: Unavailable | None = None
         self.last_arrival = anyio.current_time()
-        """When the reader last delivered a frame (``anyio.current_time()``), or the stream
-        was opened: how a consumer tells a silent stream from a slow application."""
+        """When the reader last delivered a frame (``anyio.current_time()`` at the read
+        that brought it), or the stream was opened: how a consumer tells a silent stream
+        from a slow application."""
 
     def __repr__(self) -> str:
         return f"<Stream {self.rid} on {self.conn.endpoint}>"
 
     async def receive(self) -> dict[str, Any]:
-        """The next frame (``ok`` or ``err`` map, as the member sent it).
+        """The next frame (``ok`` or ``err`` map, as the member sent it). A checkpoint, as
+        any anyio receive is: it yields to the event loop before taking a buffered frame,
+        and parks (cancellably) when there is none.
 
         Raises:
             ConnectionLost: the connection broke (after the frames received before it).
@@ -181,19 +199,26 @@ class Stream:
             anyio.EndOfStream: the terminal frame was already received, or ``close`` was
                 called.
         """
-        try:
-            return await self._recv.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise self._why_ended() from None
+        if self._frames:
+            await anyio.lowlevel.checkpoint()
+        while True:
+            frame = self.receive_nowait()
+            if frame is not None:
+                return frame
+            waiter = self._waiter
+            if waiter is None:
+                waiter = self._waiter = self._new_event()
+            await waiter.wait()
 
     def receive_nowait(self) -> dict[str, Any] | None:
         """A frame already buffered, or None; raises as ``receive`` once the stream ended."""
-        try:
-            return self._recv.receive_nowait()
-        except anyio.WouldBlock:
-            return None
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise self._why_ended() from None
+        if self._closed:
+            raise self._why_ended()
+        if self._frames:
+            return self._frames.popleft()
+        if self._ended:
+            raise self._why_ended()
+        return None
 
     def _why_ended(self) -> Exception:
         # A fresh exception each time: re-raising one instance would pile up tracebacks.
@@ -205,29 +230,43 @@ class Stream:
         return type(failure)(str(failure))
 
     def close(self) -> None:
-        """Stop receiving: later frames with this id are dropped by the reader. Only the
-        local end; ending the member's side (``watch_cancel``) is the caller's business."""
+        """Stop receiving: later frames with this id are dropped by the reader, and a task
+        waiting in ``receive`` gets ``EndOfStream`` (or the reason the stream had ended).
+        Only the local end; ending the member's side (``watch_cancel``) is the caller's
+        business."""
         self.conn._forget_stream(self)
-        self._recv.close()
+        self._closed = True
+        self._frames.clear()
+        self._wake()
 
-    def _deliver(self, answer: dict[str, Any]) -> bool:
-        """Reader side: queue one frame; False if the stream is over (full or abandoned)."""
-        self.last_arrival = anyio.current_time()
-        try:
-            self._send.send_nowait(answer)
-        except anyio.WouldBlock:
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    def _deliver(self, answer: dict[str, Any], now: float) -> bool:
+        """Reader side: queue one frame that arrived at ``now``; False if the stream is
+        over (full or abandoned)."""
+        if self._ended or self._closed:
+            return False
+        frames = self._frames
+        if len(frames) >= self._buffer:
             self._end(StreamOverflow(
                 f"{self.conn.endpoint}: stream {self.rid} fell more than "
-                f"{self._send.statistics().max_buffer_size:g} frames behind"))
+                f"{self._buffer:g} frames behind"))
             return False
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return False
+        frames.append(answer)
+        self.last_arrival = now
+        if self._waiter is not None:
+            self._wake()
         return True
 
     def _end(self, failure: Unavailable | None) -> None:
         if failure is not None and self._failure is None:
             self._failure = failure
-        self._send.close()
+        self._ended = True
+        self._wake()
 
 
 class DialError(Exception):
@@ -266,6 +305,9 @@ class Connection:
         self._work = anyio.Event()
         self._scope = anyio.CancelScope()
         self._write_scope = anyio.CancelScope()
+        self._new_event: Callable[[], anyio.Event] = type(anyio.Event())
+        """The running backend's event class, found once: ``anyio.Event()`` asks sniffio
+        which library is running every time, and a stream makes an event per wait."""
         self._broken: str | None = None
         self._retired = False
 
@@ -455,7 +497,7 @@ class Connection:
             with self._write_scope:
                 while True:
                     if not self._outgoing:
-                        self._work = anyio.Event()
+                        self._work = self._new_event()
                         await self._work.wait()
                         continue
                     batch, self._outgoing = self._outgoing, []
@@ -530,9 +572,10 @@ class Connection:
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
                         reason = f"connection broken: {e or type(e).__name__}"
                         break
+                    now = anyio.current_time()  # once per read, not per frame
                     self._decoder.feed(data)
                     while (frame := self._decoder.next_frame()) is not None:
-                        failure = self._dispatch(frame)
+                        failure = self._dispatch(frame, now)
                         if failure:
                             reason = failure
                             return
@@ -546,8 +589,9 @@ class Connection:
             self.close(reason)
             await anyio.aclose_forcefully(self._stream)
 
-    def _dispatch(self, frame: bytes) -> str:
-        """Hand one answer to its request; return a reason to drop the connection, or ""."""
+    def _dispatch(self, frame: bytes, now: float) -> str:
+        """Hand one answer (read at ``now``) to its request; return a reason to drop the
+        connection, or ""."""
         try:
             answer = cbor2.loads(frame)
         except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as e:
@@ -571,7 +615,7 @@ class Connection:
         if stream is not None:  # None: an abandoned stream's late frames are dropped
             ok = answer.get("ok")
             last = not isinstance(ok, dict) or bool(ok.get("canceled") or ok.get("done"))
-            if not stream._deliver(answer) or last:
+            if not stream._deliver(answer, now) or last:
                 del self._streams[rid]
                 stream._end(None)
                 self._close_if_idle()

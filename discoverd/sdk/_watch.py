@@ -40,7 +40,14 @@ from discoverd.errors import (
 )
 from discoverd.sdk._connection import Connection, DialError, Stream
 from discoverd.sdk._errors import ConnectionLost, StreamOverflow, WatchCompacted, error_from_wire
-from discoverd.sdk._types import KeyValue, ResponseHeader, Resync, Snapshot, WatchResponse
+from discoverd.sdk._types import (
+    KeyValue,
+    ResponseHeader,
+    Resync,
+    Snapshot,
+    WatchResponse,
+    watch_response_from_wire,
+)
 
 if TYPE_CHECKING:
     from discoverd.sdk._client import AsyncClient
@@ -171,53 +178,69 @@ class Watch:
         return self
 
     async def __anext__(self) -> WatchResponse:
-        if self._state == "new":
-            raise ClientError("enter the watch first ('async with client.watch(...)')")
         if self._state != "open":
+            if self._state == "new":
+                raise ClientError("enter the watch first ('async with client.watch(...)')")
             raise StopAsyncIteration
-        with anyio.CancelScope() as scope:
-            self._next_scope = scope
-            try:
-                return await self._next()
-            except Exception:
-                # The watch is over (compacted, refused): release it before saying so.
-                self._next_scope = None
-                with anyio.CancelScope(shield=True):
-                    await self.aclose()
-                raise
-            finally:
-                self._next_scope = None
-        raise StopAsyncIteration  # aclose() from another task
+        try:
+            resp = await self._next()
+        except Exception:
+            # The watch is over (compacted, refused): release it before saying so.
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
+        if resp is None:
+            raise StopAsyncIteration  # aclose() from another task
+        return resp
 
-    async def _next(self) -> WatchResponse:
+    async def _next(self) -> WatchResponse | None:
+        """The next response to deliver, or None once ``aclose`` (from another task) ended
+        the watch. ``aclose`` ends a wait on the stream by closing the stream, so only a
+        (re)creation needs a cancel scope: a frame costs no scope of its own, which matters
+        when a connection carries hundreds of busy watches."""
         while True:
             stream = self._stream
             if stream is None:
-                await self._establish(deadline=None)
+                with anyio.CancelScope() as scope:
+                    self._next_scope = scope
+                    try:
+                        await self._establish(deadline=None)
+                    finally:
+                        self._next_scope = None
+                if self._state != "open":
+                    return None
                 continue
             try:
-                answer = await self._receive(stream)
+                answer = stream.receive_nowait()
+                if answer is None:
+                    answer = await self._receive(stream)
             except StreamOverflow:
+                if self._state != "open":
+                    return None
                 self._drop(move_on=False, ended=False)  # this member is fine; we were slow
                 continue
             except _Silent:
                 self._drop(move_on=True, ended=False)
                 continue
             except (ConnectionLost, anyio.EndOfStream):
+                if self._state != "open":
+                    return None
                 self._drop(move_on=True, ended=True)
                 continue
+            if self._state != "open":
+                return None
             resp = self._handle(answer)
             if resp is not None:
                 self._delay = 0.0
                 return resp
 
     async def _receive(self, stream: Stream) -> dict[str, Any]:
-        """The next frame; ``_Silent`` if a progress-notified stream has been quiet too long
-        (measured from the last frame's arrival, so a slow application is not mistaken for a
-        dead member, and buffered frames are always taken first)."""
-        frame = stream.receive_nowait()
-        if frame is not None or self._dead_after is None:
-            return frame if frame is not None else await stream.receive()
+        """The next frame when none is buffered; ``_Silent`` if a progress-notified stream
+        has been quiet too long (measured from the last frame's arrival, so a slow
+        application is not mistaken for a dead member, and buffered frames are always taken
+        first)."""
+        if self._dead_after is None:
+            return await stream.receive()
         while True:
             left = stream.last_arrival + self._dead_after - anyio.current_time()
             with anyio.move_on_after(max(left, 0.0)):
@@ -231,7 +254,7 @@ class Watch:
     def _handle(self, answer: dict[str, Any]) -> WatchResponse | None:
         """One frame of the open stream → the response to deliver, if any."""
         err = answer.get("err")
-        if isinstance(err, dict):
+        if err is not None and isinstance(err, dict):
             exc = error_from_wire(err)
             if isinstance(exc, Unavailable):
                 leader = exc.leader if isinstance(exc, NotLeader) else 0
@@ -251,14 +274,26 @@ class Watch:
             return None
         if ok.get("created"):
             return None
-        resp = WatchResponse.from_wire(ok)
-        events = [e for e in resp.events if e.kv.mod_revision >= self._next_rev]
-        seen = max([resp.header.revision, *(e.kv.mod_revision for e in events)])
-        stale = seen < self._next_rev - 1
-        self._next_rev = max(self._next_rev, seen + 1)
-        if events:
-            return resp if len(events) == len(resp.events) else dataclasses.replace(
-                resp, events=events)
+        resp = watch_response_from_wire(ok)
+        next_rev = self._next_rev
+        seen = resp.header.revision
+        all_new = True
+        for event in resp.events:
+            rev = event.kv.mod_revision
+            if rev < next_rev:
+                all_new = False
+            elif rev > seen:
+                seen = rev
+        stale = seen < next_rev - 1
+        if seen >= next_rev:
+            self._next_rev = seen + 1
+        if all_new:
+            if resp.events:
+                return resp
+        else:
+            events = [e for e in resp.events if e.kv.mod_revision >= next_rev]
+            if events:
+                return dataclasses.replace(resp, events=events)
         if resp.progress and not stale:
             return resp
         # Only duplicates from a replay, or a bookmark from a member behind the revision
