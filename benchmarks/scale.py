@@ -15,7 +15,7 @@ that the "snapshot saved" lines can be read back).
   largest gap between successive completed puts, put latency p50/p99/max, leader changes
   (``discoverd_server_leader_changes_seen_total`` and terms), each member's snapshot
   duration = the "snapshot saved" line's ``encode_ms`` (the forked child building and
-  writing the file) + ``write_ms`` (reading it back and recording it in the WAL).
+  writing the file) + ``write_ms`` (checking its CRC and recording it in the WAL).
 * ``restart``: SIGKILL one member (a follower unless --restart-member leader), put a marker
   key through the others, start it again; time until it answers ``status``, a linearizable
   get of the marker and a serializable get that shows it; its RSS then and 5 s later.

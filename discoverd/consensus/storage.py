@@ -53,7 +53,16 @@ class LogStorage(Protocol):
     def last_index(self) -> int: ...
 
     def snapshot(self) -> Snapshot:
-        """The most recent snapshot (an empty one if there is none)."""
+        """The most recent snapshot (an empty one if there is none), image included.
+
+        Raft calls it only to send the snapshot to a follower behind the compacted log, so
+        an implementation may keep just the meta and read the image on demand
+        (``storage.disk_storage.DiskStorage``), which is slow for a large image.
+
+        Raises:
+            SnapshotTemporarilyUnavailable: the image cannot be had now; Raft tries again
+                later.
+        """
         ...
 
 
@@ -195,7 +204,7 @@ class MemoryStorage:
     def record_snapshot(self, snap: Snapshot) -> None:
         del snap
 
-    def load_snapshot_file(self, meta: SnapshotMeta) -> Snapshot:
+    def verify_snapshot_file(self, meta: SnapshotMeta) -> int:
         raise NotImplementedError("an in-memory log has no snapshot files")
 
     def snapshot_written(self, snap: Snapshot, compact_to: int) -> None:

@@ -95,8 +95,11 @@ class MemberStorage(LogStorage, Protocol):
     def record_snapshot(self, snap: Snapshot) -> None:
         """The second half (what makes the file count); never while a Ready persists."""
 
-    def load_snapshot_file(self, meta: SnapshotMeta) -> Snapshot:
-        """The file ``write_snapshot_file`` wrote (maybe in another process), read back."""
+    def verify_snapshot_file(self, meta: SnapshotMeta) -> int:
+        """Check the file ``write_snapshot_file`` wrote for ``meta`` in another process
+        without reading its image into memory; its size in bytes. Raises ``OSError`` if it
+        cannot be read, ``storage.snapshot.BrokenSnapshot`` if it is not intact: then it
+        must not be recorded."""
 
     def snapshot_written(self, snap: Snapshot, compact_to: int) -> None: ...
 

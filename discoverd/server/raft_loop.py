@@ -46,6 +46,7 @@ from discoverd.errors import DiscoverdError, DiskFull
 from discoverd.member.core import MemberCore, Reply, SnapshotJob
 from discoverd.server import snapshot_child
 from discoverd.storage.fs import WriteNotDone
+from discoverd.storage.snapshot import BrokenSnapshot
 
 _T = TypeVar("_T")
 Sender = Callable[[list[Message]], None]
@@ -141,8 +142,10 @@ class RaftLoop:
         """Failed attempts to persist a Ready for lack of space, since start."""
         self._snapshot_retry_at = 0.0
         self._snapshot_backoff = DISK_FULL_RETRY_FIRST
-        self._snapshot_to_record: tuple[Snapshot, int, float, float] | None = None
-        """A snapshot whose file is written, waiting for the Ready loop to record it."""
+        self._snapshot_to_record: tuple[Snapshot, int, int, float, float] | None = None
+        """A snapshot whose file is written, waiting for the Ready loop to record it: the
+        snapshot (for a forked child's file, its meta only), ``compact_to``, the file's
+        size and two durations for the log."""
         self._last_leader = 0
         self._role_changed = trio.Event()
 
@@ -409,14 +412,26 @@ class RaftLoop:
                 if self.observer is not None and marshal_seconds:
                     # Timed in the child (its own metrics die with it).
                     self.observer.snapshot_marshalled(marshal_seconds)
-                # The parent never built the image: read it back (off the loop) for the
-                # followers that will need it; the page cache still has it.
-                snap = await self._run_blocking(core.storage.load_snapshot_file, meta)
+                # The parent never holds the image (the storage reads the file when a
+                # follower needs it): check the file, streamed, before it may count.
+                size = 0
+                if written:
+                    try:
+                        size = await self._run_blocking(core.storage.verify_snapshot_file,
+                                                        meta)
+                    except BrokenSnapshot as exc:
+                        core.snapshot_abandoned()
+                        self.log.error("the snapshot file is broken; not recording it",
+                                       index=meta.index, member_id=f"{core.id:x}",
+                                       error=str(exc))
+                        return
+                snap = Snapshot(meta)
             else:
                 assert build is not None
                 snap = await self._run_blocking(build)
                 encoded = time.perf_counter()
                 written = await self._run_blocking(core.storage.write_snapshot_file, snap)
+                size = len(snap.data)
         except OSError as exc:
             core.snapshot_abandoned()
             self._snapshot_failed(exc, meta.index)
@@ -427,12 +442,12 @@ class RaftLoop:
         if not written:  # a newer snapshot (the leader's) was installed meanwhile
             core.snapshot_abandoned()
             return
-        self._snapshot_to_record = (snap, compact_to, encoded - started,
+        self._snapshot_to_record = (snap, compact_to, size, encoded - started,
                                     time.perf_counter() - encoded)
         self.kick()
 
-    async def _record_snapshot(self, snap: Snapshot, compact_to: int, encode_seconds: float,
-                               file_seconds: float) -> None:
+    async def _record_snapshot(self, snap: Snapshot, compact_to: int, size: int,
+                               encode_seconds: float, file_seconds: float) -> None:
         """The WAL marker that makes the written file count, between two Readys (both
         append to the WAL); then the log behind the snapshot is compacted."""
         core = self.core
@@ -452,7 +467,7 @@ class RaftLoop:
         if self.observer is not None:
             self.observer.snapshot_saved(file_seconds + seconds)
         self.log.info("snapshot saved", index=snap.meta.index,
-                      compacted_to=compact_to, term=core.term, bytes=len(snap.data),
+                      compacted_to=compact_to, term=core.term, bytes=size,
                       encode_ms=round(encode_seconds * 1000, 3),
                       write_ms=round((file_seconds + seconds) * 1000, 3))
 

@@ -8,8 +8,9 @@ happens right after the Ready that reached the snapshot's index, before anything
 applied, so the child's copy-on-write memory is exactly that state (no copy of a million
 versions on the event loop). The child encodes it, writes and fsyncs the file with the
 member's own storage code and exits; the parent's event loop runs on untouched (it waits for
-the exit on a pidfd). The parent then records the snapshot in its WAL and loads the file
-back for followers that need it (``raft_loop``).
+the exit on a pidfd). The parent then checks the file's CRC, streamed (it never holds the
+image: the storage reads the file when a follower needs it), and records the snapshot in
+its WAL (``raft_loop``).
 
 The child runs nothing but the builder and the file write and leaves with ``os._exit`` —
 never back into trio, never through ``atexit`` or buffered streams it shares with the

@@ -17,6 +17,14 @@ Write ordering, the part that makes recovery sound:
 Recovery: the newest intact snapshot the WAL has a marker for, then the WAL's entries after
 it. The in-memory log keeps up to ``keep_entries`` entries before the snapshot (so slow
 followers can catch up without a snapshot), as far as the WAL still has them.
+
+**No image in memory.** The in-memory log holds the snapshot's meta only (empty ``data``);
+``snapshot()`` reads the image from its file when somebody asks for it — Raft, to send it to
+a follower that fell behind the compacted log (rare), and the member once at start-up, to
+restore its state machine. A large store's image is hundreds of MB (issue 12: ~280 MB at a
+million keys), which a member would otherwise carry for the odd InstallSnapshot. Recovery
+has just read and checked the file anyway, so the first ``snapshot()`` gets that copy
+instead of a second read, and nothing keeps it after that.
 """
 
 from __future__ import annotations
@@ -34,10 +42,10 @@ from discoverd.consensus.messages import (
     SnapshotMeta,
 )
 from discoverd.consensus.storage import MemoryStorage
-from discoverd.errors import CorruptData
+from discoverd.errors import CorruptData, SnapshotTemporarilyUnavailable
 from discoverd.storage.fs import FileSystem, WriteNotDone, ensure_dir
 from discoverd.storage.meta import MemberMeta, check_meta, write_meta
-from discoverd.storage.snapshot import SnapshotStore
+from discoverd.storage.snapshot import BrokenSnapshot, SnapshotStore
 from discoverd.storage.wal import DEFAULT_SEGMENT_BYTES, WAL, SnapshotMarker, WalReplay
 
 log = logging.getLogger(__name__)
@@ -88,6 +96,9 @@ class DiskStorage:
         meta_found = check_meta(fs, meta_path, identity)
         self._snaps = SnapshotStore(fs, posixpath.join(member_dir, "snap"))
         wal_dir = posixpath.join(member_dir, "wal")
+        self._recovered: Snapshot | None = None
+        """The image recovery read, until the first ``snapshot()`` takes it (see the module
+        docstring)."""
         self._wal, replay = WAL.open(fs, wal_dir, cluster_id=cluster_id, member_id=member_id,
                                      segment_bytes=segment_bytes)
         try:
@@ -125,7 +136,29 @@ class DiskStorage:
         return self._mem.last_index()
 
     def snapshot(self) -> Snapshot:
-        return self._mem.snapshot()
+        """The most recent snapshot, its image read from its file (see the module docstring):
+        slow for a large store, and every call reads it again — only for Raft sending it and
+        for the start-up restore.
+
+        Raises:
+            SnapshotTemporarilyUnavailable: the file cannot be read or is broken (logged):
+                Raft tries again later; a restart would fall back to an older snapshot.
+        """
+        current = self._mem.snapshot()
+        recovered, self._recovered = self._recovered, None
+        if current.is_empty:
+            return current
+        if recovered is not None and recovered.meta == current.meta:
+            return recovered
+        try:
+            snap = self._snaps.load(SnapshotMarker(index=current.meta.index,
+                                                   term=current.meta.term))
+        except (OSError, BrokenSnapshot) as exc:
+            log.warning("storage: cannot read snapshot %d (term %d) to send it: %s",
+                        current.meta.index, current.meta.term, exc)
+            raise SnapshotTemporarilyUnavailable(
+                f"snapshot {current.meta.index} cannot be read: {exc}") from exc
+        return snap
 
     @property
     def hard_state(self) -> HardState:
@@ -182,7 +215,8 @@ class DiskStorage:
     ) -> None:
         """The memory half of ``save``, after ``persist`` succeeded."""
         if snapshot is not None and self._installed_marker(snapshot) is not None:
-            self._mem.apply_snapshot(snapshot)
+            # Its image is in its file now, and the member restores from ``snapshot`` itself.
+            self._mem.apply_snapshot(Snapshot(snapshot.meta))
         self._mem.append(list(entries))
         if hard_state is not None:
             self._mem.set_hard_state(hard_state)
@@ -220,14 +254,29 @@ class DiskStorage:
         self._snaps.save(snap)
         return True
 
-    def load_snapshot_file(self, meta: SnapshotMeta) -> Snapshot:
-        """The snapshot ``write_snapshot_file`` wrote for ``meta`` (by another process:
-        ``server/snapshot_child``), read back and checked.
+    def verify_snapshot_file(self, meta: SnapshotMeta) -> int:
+        """Check the file ``write_snapshot_file`` wrote for ``meta`` in another process
+        (``server/snapshot_child``) before ``record_snapshot`` makes it count; returns its
+        size in bytes. Streamed: the image is never in this process's memory.
+
+        Why check at all, when the child's exit status already says the file was written,
+        fsynced and renamed: a marker in the WAL is a promise for good — followers are sent
+        that file, and after compaction a restart needs it — so it must never name a file
+        that is not intact, and "the exit status says so" rests on more code (the child, its
+        status plumbing) than a CRC. The check costs one read of a file still in the page
+        cache, in constant memory and mostly without the GIL (``SnapshotStore.verify``).
 
         Raises:
-            OSError, BrokenSnapshot: it cannot be read back as written.
+            BrokenSnapshot: it is not the intact file for ``meta``; it is removed (it will
+                never count, and left in place it would take a real one's place among the
+                files ``purge`` keeps).
+            OSError: it could not be read.
         """
-        return self._snaps.load(SnapshotMarker(index=meta.index, term=meta.term))
+        try:
+            return self._snaps.verify(meta)
+        except BrokenSnapshot:
+            self._remove_unrecorded(SnapshotMarker(index=meta.index, term=meta.term))
+            raise
 
     def record_snapshot(self, snap: Snapshot) -> None:
         """The second half: the WAL marker that makes the file written by
@@ -261,7 +310,7 @@ class DiskStorage:
         snapshot), then delete WAL segments and snapshot files no longer needed."""
         meta = snap.meta
         if meta.index > self._mem.snapshot().meta.index:
-            self._mem.create_snapshot(meta.index, meta.conf_state, snap.data)
+            self._mem.create_snapshot(meta.index, meta.conf_state, b"")  # the file has it
         compact_to = min(compact_to, meta.index)
         if compact_to >= self._mem.first_index():
             self._mem.compact(compact_to)
@@ -276,7 +325,9 @@ class DiskStorage:
 
         Keeps ``keep_entries`` entries before ``index`` and deletes WAL segments and
         snapshot files that are no longer needed. A failure of that clean-up is only
-        logged: the snapshot is durable by then, and the next one retries.
+        logged: the snapshot is durable by then, and the next one retries. Returns the new
+        snapshot; for an ``index`` not newer than the current snapshot, that one's meta
+        (with no image: ``snapshot()`` reads it).
 
         Raises:
             OSError: writing the snapshot file or its WAL marker failed; nothing changed
@@ -289,9 +340,10 @@ class DiskStorage:
             f"snapshot {index} is past the last index {self._mem.last_index()}"
         )
         marker = SnapshotMarker(index=index, term=self._mem.term(index))
-        self._snaps.save(Snapshot(SnapshotMeta(index, marker.term, conf_state), data))
+        snap = Snapshot(SnapshotMeta(index, marker.term, conf_state), data)
+        self._snaps.save(snap)
         self._wal.save_snapshot_marker(marker)
-        snap = self._mem.create_snapshot(index, conf_state, data)
+        self._mem.create_snapshot(index, conf_state, b"")  # the file has the image
         compact_to = index - self._keep_entries
         if compact_to >= self._mem.first_index():
             self._mem.compact(compact_to)
@@ -322,7 +374,9 @@ class DiskStorage:
             )
         self._remove_unreferenced_snapshots(replay.snapshots)
         snap = self._snaps.load_newest(allowed=set(replay.snapshots))
-        return rebuild_log(replay, snap, self._keep_entries, wal_dir)
+        self._recovered = snap
+        meta_only = Snapshot(snap.meta) if snap is not None else None
+        return rebuild_log(replay, meta_only, self._keep_entries, wal_dir)
 
     def _remove_unreferenced_snapshots(self, markers: Sequence[SnapshotMarker]) -> None:
         """Delete snapshot files newer than the WAL's newest marker.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+from collections.abc import Iterator
 from typing import Protocol
 
 
@@ -79,6 +80,11 @@ class FileSystem(Protocol):
         """The whole file as the OS sees it now (synced or not)."""
         ...
 
+    def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
+        """The file as ``read_file`` sees it, in pieces of at most ``chunk_bytes``: for
+        checking a large file (a snapshot) without holding all of it in memory."""
+        ...
+
     def open_append(self, path: str) -> FileHandle:
         """Open ``path`` for appending, creating it (not durably: see ``fsync_dir``)."""
         ...
@@ -124,6 +130,9 @@ class ForwardingFS:
 
     def read_file(self, path: str) -> bytes:
         return self.inner.read_file(path)
+
+    def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
+        return self.inner.read_chunks(path, chunk_bytes)
 
     def open_append(self, path: str) -> FileHandle:
         return self.inner.open_append(path)
@@ -261,6 +270,11 @@ class OsFS:
     def read_file(self, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
+
+    def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(chunk_bytes):
+                yield chunk
 
     def open_append(self, path: str) -> FileHandle:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)

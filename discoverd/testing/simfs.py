@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import posixpath
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from discoverd.storage.fs import FileHandle
@@ -235,6 +236,10 @@ class SimFS:
         inode_id = self._file_inode_id(path)
         self._take_fault("read", path)
         return self._inode(inode_id).content()
+
+    def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
+        content = self.read_file(path)  # the fault, if any, before the first piece
+        return iter([content[i : i + chunk_bytes] for i in range(0, len(content), chunk_bytes)])
 
     def open_append(self, path: str) -> FileHandle:
         path = posixpath.normpath(path)

@@ -3,30 +3,44 @@
 from __future__ import annotations
 
 import itertools
+import posixpath
 import random
+from collections.abc import Callable
 
 import pytest
 
-from discoverd.consensus.messages import ConfChange, ConfChangeKind, Entry, Message
+from discoverd.consensus.messages import (
+    ConfChange,
+    ConfChangeKind,
+    Entry,
+    InstallSnapshot,
+    Message,
+)
 from discoverd.consensus.raft import Config
 from discoverd.consensus.storage import MemoryStorage
 from discoverd.errors import NotLeader
-from discoverd.member.core import Completion, MemberCore, Reply
+from discoverd.member.core import Completion, MemberCore, MemberStorage, Reply
+from discoverd.storage.disk_storage import DiskStorage
 from discoverd.testing.register import RegisterMachine, encode_put
+from discoverd.testing.simfs import SimFS
 
 
 class Trio:
-    """Three MemberCores on a synchronous in-memory network."""
+    """Three MemberCores on a synchronous in-memory network (``down`` members neither send
+    nor receive)."""
 
-    def __init__(self, *, snapshot_count: int = 10_000) -> None:
+    def __init__(self, *, snapshot_count: int = 10_000,
+                 storage: Callable[[int], MemberStorage] = lambda i: MemoryStorage()) -> None:
         self.cores = {
-            i: MemberCore(Config(id=i, voters=(1, 2, 3)), MemoryStorage(), RegisterMachine(),
+            i: MemberCore(Config(id=i, voters=(1, 2, 3)), storage(i), RegisterMachine(),
                           random.Random(i), snapshot_count=snapshot_count,
                           snapshot_catchup_entries=2)
             for i in (1, 2, 3)
         }
         self.replies: dict[int, list[Reply]] = {i: [] for i in self.cores}
         self.completions: dict[int, list[Completion]] = {i: [] for i in self.cores}
+        self.down: set[int] = set()
+        self.sent: list[Message] = []
 
     def pump(self, rounds: int = 50) -> None:
         for _ in range(rounds):
@@ -44,10 +58,19 @@ class Trio:
                         snap = done.snapshot.make()
                         core.storage.write_snapshot(snap)
                         core.snapshot_written(snap, done.compact_to)
+            inflight = [m for m in inflight if not self.down & {m.src, m.dst}]
             if not inflight:
                 return
+            self.sent.extend(inflight)
             for m in inflight:
                 self.cores[m.dst].step(m)
+
+    def tick(self, ticks: int) -> None:
+        for _ in range(ticks):
+            for i, core in self.cores.items():
+                if i not in self.down:
+                    core.tick()
+            self.pump()
 
     def elect(self, leader: int) -> None:
         self.pump()
@@ -277,3 +300,33 @@ def test_members_take_their_first_snapshot_at_staggered_indexes() -> None:
         firsts[i] = indexes[0]
         assert all(b - a >= 8 for a, b in itertools.pairwise(indexes)), indexes
     assert len(set(firsts.values())) == 3, firsts
+
+
+def test_a_snapshot_file_that_cannot_be_read_is_sent_once_it_can() -> None:
+    """Disk members keep no image in memory: while the leader cannot read its snapshot file,
+    Raft does not send the lagging follower anything (and nothing crashes); once the file is
+    readable again, the follower catches up through it."""
+    disks = {i: SimFS() for i in (1, 2, 3)}
+    t = Trio(snapshot_count=4, storage=lambda i: DiskStorage(
+        disks[i], "/m", cluster_id=1, member_id=i, keep_entries=2))
+    t.elect(1)
+    leader, late = t.cores[1], t.cores[3]
+    t.down.add(3)
+    for i in range(12):
+        leader.propose(100 + i, encode_put(b"k%d" % i, b"v"))
+        t.pump()
+    assert leader.snapshot_index > late.applied + 2, "the follower is behind the compacted log"
+    meta = leader.storage.snapshot().meta
+    path = posixpath.join("/m/snap", f"{meta.term:016x}-{meta.index:016x}.snap")
+    disks[1].rename(path, path + ".away")
+    t.down.clear()
+    t.sent.clear()
+    t.tick(30)
+    assert not any(isinstance(m, InstallSnapshot) for m in t.sent)
+    assert late.applied < meta.index
+    disks[1].rename(path + ".away", path)
+    t.tick(30)
+    assert any(isinstance(m, InstallSnapshot) and m.dst == 3 for m in t.sent)
+    assert isinstance(late.sm, RegisterMachine)
+    assert late.sm.get(b"k11") == b"v"
+    assert late.applied == leader.applied

@@ -12,10 +12,16 @@ from storage_testkit import CountingFS, ents, view
 
 from discoverd.consensus.messages import ConfState, HardState, Snapshot, SnapshotMeta
 from discoverd.consensus.storage import LogStorage, MemoryStorage
-from discoverd.errors import Compacted, CorruptData, LogUnavailable
+from discoverd.errors import (
+    Compacted,
+    CorruptData,
+    LogUnavailable,
+    SnapshotTemporarilyUnavailable,
+)
 from discoverd.storage.disk_storage import DiskStorage
 from discoverd.storage.fs import FileSystem, OsFS
 from discoverd.storage.meta import MemberMeta, read_meta
+from discoverd.storage.snapshot import BrokenSnapshot
 from discoverd.testing.simfs import SimFS
 
 MEMBER = "/data/member"
@@ -296,3 +302,110 @@ def test_end_to_end_on_the_real_file_system(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "data" / "member").iterdir()) == [
         "meta", "snap", "wal"
     ]
+
+
+# -- the snapshot image stays in its file (issue 12: ~280 MB at a million keys)
+
+SNAP_DIR = posixpath.join(MEMBER, "snap")
+
+
+class ReadCountingFS(CountingFS):
+    """Counts whole-file reads of snapshot files (the WAL's reads are not of interest)."""
+
+    def read_file(self, path: str) -> bytes:
+        if path.endswith(".snap"):
+            self.counts["read_snap"] += 1
+        return self.inner.read_file(path)
+
+
+def _hide(fs: FileSystem, path: str) -> None:
+    fs.rename(path, path + ".away")
+
+
+def _unhide(fs: FileSystem, path: str) -> None:
+    fs.rename(path + ".away", path)
+
+
+def _snap_path(meta: SnapshotMeta) -> str:
+    return posixpath.join(SNAP_DIR, f"{meta.term:016x}-{meta.index:016x}.snap")
+
+
+def test_a_snapshot_keeps_no_image_in_memory_and_reads_it_from_its_file() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=2, commit=6), ents(2, 1, 6))
+    image = b"the image at 5 " * 100
+    made = disk.create_snapshot(5, CS, image)
+    assert made == Snapshot(SnapshotMeta(5, 2, CS), image)
+    assert disk._mem.snapshot() == Snapshot(made.meta), "the in-memory log holds the meta only"
+    assert disk.snapshot() == made
+    path = _snap_path(made.meta)
+    _hide(fs, path)
+    with pytest.raises(SnapshotTemporarilyUnavailable):
+        disk.snapshot()  # nothing in memory to fall back on
+    _unhide(fs, path)
+    assert disk.snapshot() == made
+    fs.corrupt_byte(path, fs.file_size(path) - 1)
+    with pytest.raises(SnapshotTemporarilyUnavailable):
+        disk.snapshot()
+    assert disk.last_index() == 6, "the storage goes on serving the log"
+
+
+def test_a_snapshot_written_by_another_process_is_verified_not_loaded() -> None:
+    """The forked child's path: the file is written elsewhere, the parent checks it and
+    records its meta only; ``snapshot()`` still returns the exact image."""
+    fs = ReadCountingFS(SimFS())
+    disk = _open(fs)
+    disk.save(HardState(term=2, commit=8), ents(2, 1, 8))
+    snap = Snapshot(SnapshotMeta(7, 2, CS), b"written by the child" * 50)
+    assert disk.write_snapshot_file(snap)
+    fs.reset()
+    assert disk.verify_snapshot_file(snap.meta) == fs.file_size(_snap_path(snap.meta))
+    assert fs.counts["read_snap"] == 0, "verified in pieces, never read whole"
+    meta_only = Snapshot(snap.meta)
+    disk.record_snapshot(meta_only)
+    disk.snapshot_written(meta_only, compact_to=7)
+    assert disk.first_index() == 8
+    assert disk.snapshot() == snap
+    assert fs.counts["read_snap"] == 1
+
+
+def test_a_broken_file_from_another_process_is_refused_and_removed() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=2, commit=8), ents(2, 1, 8))
+    snap = Snapshot(SnapshotMeta(7, 2, CS), b"written by the child" * 50)
+    disk.write_snapshot_file(snap)
+    fs.corrupt_byte(_snap_path(snap.meta), 100)
+    with pytest.raises(BrokenSnapshot):
+        disk.verify_snapshot_file(snap.meta)
+    assert fs.listdir(SNAP_DIR) == []
+    assert disk.snapshot() == Snapshot()
+
+
+def test_an_installed_snapshot_keeps_no_image_after_it_is_persisted() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    snap = Snapshot(SnapshotMeta(index=50, term=3, conf_state=CS), b"leader state" * 100)
+    disk.save(HardState(term=3, commit=50), [], snap)
+    assert disk._mem.snapshot() == Snapshot(snap.meta)
+    assert disk.snapshot() == snap  # read back when this member, as leader, sends it on
+    _hide(fs, _snap_path(snap.meta))
+    with pytest.raises(SnapshotTemporarilyUnavailable):
+        disk.snapshot()
+
+
+def test_restart_reads_the_snapshot_file_once_and_keeps_it_only_for_the_first_caller() -> None:
+    fs = ReadCountingFS(SimFS())
+    disk = _open(fs)
+    disk.save(HardState(term=2, commit=6), ents(2, 1, 6))
+    made = disk.create_snapshot(5, CS, b"five" * 100)
+    disk.close()
+    fs.reset()
+    again = _open(fs)
+    assert fs.counts["read_snap"] == 1  # recovery loads and checks it
+    assert again.snapshot() == made  # the member's restore: that same copy, no second read
+    assert fs.counts["read_snap"] == 1
+    assert again._recovered is None, "and then it is dropped"
+    assert again.snapshot() == made  # any later caller reads the file
+    assert fs.counts["read_snap"] == 2

@@ -121,3 +121,57 @@ def test_works_on_the_real_file_system(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == [
         "0000000000000001-0000000000000007.snap"
     ]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 8, 1 << 20])
+def test_verify_streams_the_file_and_finds_any_damage(
+    chunk_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``verify`` accepts exactly what ``load`` accepts, whatever the piece size (the frame
+    header and the meta may straddle pieces), and returns the file's size."""
+    monkeypatch.setattr("discoverd.storage.snapshot.VERIFY_CHUNK_BYTES", chunk_bytes)
+    fs = SimFS()
+    store = SnapshotStore(fs, DIR)
+    snap = _snap(9, term=2, data=b"image " * 50)
+    path = store.save(snap)
+    assert store.verify(snap.meta) == fs.file_size(path)
+    good = fs.read_file(path)
+    for offset in (0, 5, 10, len(good) // 2, len(good) - 1):  # length, CRC, meta, image
+        fs.corrupt_byte(path, offset)
+        with pytest.raises(BrokenSnapshot):
+            store.verify(snap.meta)
+        with pytest.raises(BrokenSnapshot):
+            store.load(SnapshotMarker(index=9, term=2))
+        fs.corrupt_byte(path, offset)  # flipped back
+    assert store.verify(snap.meta) == len(good)
+
+
+def test_verify_refuses_a_truncated_file_and_another_snapshots_content() -> None:
+    fs = SimFS()
+    store = SnapshotStore(fs, DIR)
+    snap = _snap(9)
+    path = store.save(snap)
+    other_membership = SnapshotMeta(index=9, term=1, conf_state=ConfState(voters=(1, 2)))
+    with pytest.raises(BrokenSnapshot, match="does not hold"):
+        store.verify(other_membership)
+    fs.truncate(path, fs.file_size(path) - 1)
+    with pytest.raises(BrokenSnapshot, match="announces"):
+        store.verify(snap.meta)
+    fs.truncate(path, 4)
+    with pytest.raises(BrokenSnapshot, match="header"):
+        store.verify(snap.meta)
+    fs.remove(path)
+    with pytest.raises(FileNotFoundError):
+        store.verify(snap.meta)
+
+
+def test_verify_on_the_real_file_system(tmp_path: Path) -> None:
+    store = SnapshotStore(OsFS(), str(tmp_path / "snap"))
+    snap = _snap(3, data=bytes(range(256)) * 9000)  # more than one piece of a MiB
+    path = Path(store.save(snap))
+    assert store.verify(snap.meta) == path.stat().st_size
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BrokenSnapshot, match="CRC"):
+        store.verify(snap.meta)
