@@ -375,9 +375,14 @@ class Connection:
             raise
         conn = cls(endpoint, stream, send_timeout=send_timeout,
                    max_request_bytes=max_request_bytes, token=token)
-        task_group.start_soon(conn._read_loop, name=f"discoverd.sdk reader {endpoint}")
-        task_group.start_soon(conn._write_loop, name=f"discoverd.sdk writer {endpoint}")
+        conn.start(task_group)
         return conn
+
+    def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Start the reader and the writer in ``task_group``: ``open`` does, after dialling
+        (a test driving a connection over its own byte stream calls it directly)."""
+        task_group.start_soon(self._read_loop, name=f"discoverd.sdk reader {self.endpoint}")
+        task_group.start_soon(self._write_loop, name=f"discoverd.sdk writer {self.endpoint}")
 
     def __repr__(self) -> str:
         state = f"broken: {self._broken}" if self._broken else (

@@ -82,7 +82,7 @@ def run(backend: str, body: Callable[[Connection, FakeMember, anyio.abc.TaskGrou
             async with anyio.create_task_group() as tg:
                 conn = Connection(Endpoint("fake", 1), member, send_timeout=5.0,
                                   max_request_bytes=1 << 20)
-                tg.start_soon(conn._read_loop)
+                conn.start(tg)
                 await body(conn, member, tg)
                 conn.close()
 
