@@ -66,6 +66,32 @@ class LogStorage(Protocol):
         ...
 
 
+def catch_up_start(entries: Sequence[Entry], index: int, keep_entries: int,
+                   keep_bytes: int | None) -> int:
+    """Where to compact a log behind ``index`` (what to drop: entries up to the returned
+    index) so that what stays for followers to catch up from — at most ``keep_entries``
+    entries — also holds at most ``keep_bytes`` bytes of entry data.
+
+    ``entries``: the log's entries up to ``index`` (ascending, contiguous; older ones may be
+    missing). Why bytes too: the entries kept are memory, and 5,000 entries of a bulk
+    load's 36 KB transactions are 180 MB a member holds for a follower that may never need
+    them (issue 12: a 1M-key store); of small writes, the count is what binds.
+    """
+    start = max(index - keep_entries, 0)
+    if keep_bytes is None:
+        return start
+    size = 0
+    for e in reversed(entries):
+        if e.index > index:
+            continue
+        if e.index <= start:
+            break
+        size += len(e.data)
+        if size > keep_bytes:
+            return e.index  # this one and all before it go
+    return start
+
+
 def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     """Keep the longest prefix within ``max_bytes`` of data, but always at least one entry."""
     if max_bytes is None or not entries:

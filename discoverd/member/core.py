@@ -36,7 +36,7 @@ from discoverd.consensus.messages import (
 )
 from discoverd.consensus.raft import Config, RandomSource, Role
 from discoverd.consensus.rawnode import RawNode, Ready, SoftState
-from discoverd.consensus.storage import LogStorage
+from discoverd.consensus.storage import LogStorage, catch_up_start
 from discoverd.errors import Compacted, DiscoverdError, ProposalDropped, Unavailable
 
 
@@ -172,6 +172,8 @@ class MemberCore:
         *,
         snapshot_count: int = 10_000,
         snapshot_catchup_entries: int = 5_000,
+        snapshot_bytes: int | None = None,
+        snapshot_catchup_bytes: int | None = None,
     ) -> None:
         self.storage = storage
         self.sm = state_machine
@@ -186,6 +188,15 @@ class MemberCore:
         self.snapshot_index = snap.meta.index
         self.snapshot_count = snapshot_count
         self.snapshot_catchup_entries = snapshot_catchup_entries
+        self.snapshot_bytes = snapshot_bytes
+        """Also snapshot once the entries applied since the last one hold this many bytes
+        (None: by count only): what bounds the memory the log holds when entries are big."""
+        self.snapshot_catchup_bytes = snapshot_catchup_bytes
+        """At most this many bytes of entries stay behind a snapshot (None: no bound)."""
+        self._applied_bytes = 0
+        """Entry data applied since start; the byte trigger compares it with the next two."""
+        self._bytes_at_snapshot = 0
+        self._bytes_at_job = 0
         self._proposals: set[int] = set()
         self._read_ctx: dict[bytes, int] = {}
         self._reads_waiting: list[tuple[int, int]] = []  # (index, request_id), sorted
@@ -193,6 +204,7 @@ class MemberCore:
         self.snapshot_in_flight = False
         """A ``SnapshotJob`` was handed out and is not written yet: no second one."""
         self._stagger = (config.id % 4) * snapshot_count // 4
+        self._stagger_bytes = (config.id % 4) * (snapshot_bytes or 0) // 4
         """Members of one cluster apply the same entries, so with the same --snapshot-count
         they would all snapshot at the same index — every member's encoding at once on
         shared cores. The first snapshot comes up to 3/4 of the count early, by member id;
@@ -330,6 +342,7 @@ class MemberCore:
             self.applied = rd.snapshot.meta.index
             self.conf_state = rd.snapshot.meta.conf_state
             self.snapshot_index = rd.snapshot.meta.index
+            self._bytes_at_snapshot = self._applied_bytes
             for request_id in sorted(self._proposals):
                 # Whatever happened to them is inside the snapshot: we cannot tell.
                 done.replies.append(Reply(request_id, error=ProposalDropped(
@@ -342,11 +355,11 @@ class MemberCore:
             self._take_read_states(rd, done)
         self.node.advance(rd)
         self._release_reads(done)
-        if (self.applied - self.snapshot_index >= self.snapshot_count - self._stagger
-                and not self.snapshot_in_flight):
+        if self._snapshot_due() and not self.snapshot_in_flight:
             done.snapshot = self._take_snapshot()
             if done.snapshot is not None:
-                done.compact_to = max(0, self.applied - self.snapshot_catchup_entries)
+                self._bytes_at_job = self._applied_bytes
+                done.compact_to = self._catch_up_start()
         done.removed = self._removed
         return done
 
@@ -376,6 +389,7 @@ class MemberCore:
 
     def _apply(self, e: Entry, done: Completion) -> None:
         origin, request_id = 0, 0
+        self._applied_bytes += len(e.data)
         if e.kind is EntryKind.CONF_CHANGE:
             cc = ConfChange.decode(e.data)
             origin, request_id, context = _unwrap(cc.context)
@@ -398,6 +412,22 @@ class MemberCore:
             self._proposals.discard(request_id)
             done.replies.append(Reply(request_id, result))
 
+    def _snapshot_due(self) -> bool:
+        if self.applied - self.snapshot_index >= self.snapshot_count - self._stagger:
+            return True
+        return self.snapshot_bytes is not None and (
+            self._applied_bytes - self._bytes_at_snapshot
+            >= self.snapshot_bytes - self._stagger_bytes)
+
+    def _catch_up_start(self) -> int:
+        """Where to compact behind the snapshot at ``applied`` (``catch_up_start``)."""
+        if self.snapshot_catchup_bytes is None:
+            return max(0, self.applied - self.snapshot_catchup_entries)
+        lo = max(self.storage.first_index(), self.applied - self.snapshot_catchup_entries + 1)
+        entries = self.storage.entries(lo, self.applied + 1) if lo <= self.applied else []
+        return catch_up_start(entries, self.applied, self.snapshot_catchup_entries,
+                              self.snapshot_catchup_bytes)
+
     def _take_snapshot(self) -> SnapshotJob | None:
         try:
             term = self.raft_log.term(self.applied)
@@ -414,7 +444,8 @@ class MemberCore:
         self.storage.snapshot_written(snap, compact_to)
         self.snapshot_index = max(self.snapshot_index, snap.meta.index)
         self.snapshot_in_flight = False
-        self._stagger = 0
+        self._stagger = self._stagger_bytes = 0
+        self._bytes_at_snapshot = max(self._bytes_at_snapshot, self._bytes_at_job)
 
     def snapshot_abandoned(self) -> None:
         """The runtime could not write the snapshot it was given (e.g. a full disk): a

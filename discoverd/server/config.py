@@ -84,6 +84,8 @@ class MemberConfig:
     election_timeout_ms: int = 1000
     snapshot_count: int = 10_000
     snapshot_catchup_entries: int = 5_000
+    snapshot_bytes: int = 64 * 1024**2
+    snapshot_catchup_bytes: int = 32 * 1024**2
     quota_backend_bytes: int = 2 * 1024**3
     max_request_bytes: int = 1536 * 1024
     max_txn_ops: int = 128
@@ -148,6 +150,9 @@ class MemberConfig:
             raise ClientError("--snapshot-count must be positive")
         if self.snapshot_catchup_entries < 0:
             raise ClientError("--experimental-snapshot-catchup-entries must be >= 0")
+        if self.snapshot_bytes < 0 or self.snapshot_catchup_bytes < 0:
+            raise ClientError("--snapshot-bytes and --experimental-snapshot-catchup-bytes "
+                              "must be >= 0 (0: no bound by bytes)")
         self.auto_compaction_retention_value  # noqa: B018 - parses, raising ClientError
         if self.auto_compaction_check_interval_ms < 0 or self.auto_compaction_watch_bound < 0:
             raise ClientError("--experimental-auto-compaction-check-interval and "

@@ -73,6 +73,7 @@ class Member:
         self.storage = DiskStorage(
             fs, cfg.member_dir, cluster_id=self.cluster_id, member_id=self.member_id,
             name=cfg.name, keep_entries=cfg.snapshot_catchup_entries,
+            keep_bytes=cfg.snapshot_catchup_bytes or None,
         )
         if self.storage.torn_tail_bytes:
             log.warning("repaired a torn WAL tail", bytes=self.storage.torn_tail_bytes)
@@ -94,6 +95,8 @@ class Member:
             raft_cfg, self.storage, self.metrics.timed(self.machine), random.Random(),
             snapshot_count=cfg.snapshot_count,
             snapshot_catchup_entries=cfg.snapshot_catchup_entries,
+            snapshot_bytes=cfg.snapshot_bytes or None,
+            snapshot_catchup_bytes=cfg.snapshot_catchup_bytes or None,
         )
         self.loop = RaftLoop(self.core, self._send, tick_seconds=cfg.tick_seconds, log=log,
                              after_ready=self._after_ready, observer=self.metrics,

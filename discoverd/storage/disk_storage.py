@@ -41,7 +41,7 @@ from discoverd.consensus.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from discoverd.consensus.storage import MemoryStorage
+from discoverd.consensus.storage import MemoryStorage, catch_up_start
 from discoverd.errors import CorruptData, SnapshotTemporarilyUnavailable
 from discoverd.storage.fs import FileSystem, WriteNotDone, ensure_dir
 from discoverd.storage.meta import MemberMeta, check_meta, write_meta
@@ -74,6 +74,7 @@ class DiskStorage:
         name: str = "",
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_entries: int = DEFAULT_KEEP_ENTRIES,
+        keep_bytes: int | None = None,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
     ) -> None:
         """Open (or create) ``member_dir`` with ``meta``, ``wal/`` and ``snap/`` inside.
@@ -88,6 +89,7 @@ class DiskStorage:
             raise ValueError(f"need keep_entries >= 0 and keep_snapshots >= 1, got "
                              f"{keep_entries} and {keep_snapshots}")
         self._keep_entries = keep_entries
+        self._keep_bytes = keep_bytes
         self._keep_snapshots = keep_snapshots
         self._dir = member_dir
         ensure_dir(fs, member_dir)
@@ -344,7 +346,10 @@ class DiskStorage:
         self._snaps.save(snap)
         self._wal.save_snapshot_marker(marker)
         self._mem.create_snapshot(index, conf_state, b"")  # the file has the image
-        compact_to = index - self._keep_entries
+        compact_to = catch_up_start(
+            self._mem.entries(max(self._mem.first_index(), index - self._keep_entries + 1),
+                              index + 1) if self._keep_bytes is not None else [],
+            index, self._keep_entries, self._keep_bytes)
         if compact_to >= self._mem.first_index():
             self._mem.compact(compact_to)
         self._release_old_files()
@@ -376,7 +381,8 @@ class DiskStorage:
         snap = self._snaps.load_newest(allowed=set(replay.snapshots))
         self._recovered = snap
         meta_only = Snapshot(snap.meta) if snap is not None else None
-        return rebuild_log(replay, meta_only, self._keep_entries, wal_dir)
+        return rebuild_log(replay, meta_only, self._keep_entries, wal_dir,
+                           keep_bytes=self._keep_bytes)
 
     def _remove_unreferenced_snapshots(self, markers: Sequence[SnapshotMarker]) -> None:
         """Delete snapshot files newer than the WAL's newest marker.
@@ -393,7 +399,8 @@ class DiskStorage:
 
 
 def rebuild_log(
-    replay: WalReplay, snap: Snapshot | None, keep_entries: int, wal_dir: str
+    replay: WalReplay, snap: Snapshot | None, keep_entries: int, wal_dir: str,
+    *, keep_bytes: int | None = None,
 ) -> MemoryStorage:
     """The in-memory log after a restart: ``snap`` plus the WAL's entries.
 
@@ -403,7 +410,7 @@ def rebuild_log(
     base = snap.meta if snap is not None else SnapshotMeta()
     entries = replay.entries
     _check_wal_covers(entries, base, wal_dir, has_snapshot=snap is not None)
-    dummy_index, dummy_term = _choose_dummy(replay, base, keep_entries)
+    dummy_index, dummy_term = _choose_dummy(replay, base, keep_entries, keep_bytes)
     mem = MemoryStorage()
     if dummy_index == base.index and snap is not None:
         mem.apply_snapshot(snap)
@@ -440,17 +447,20 @@ def _check_wal_covers(
         )
 
 
-def _choose_dummy(replay: WalReplay, base: SnapshotMeta, keep_entries: int) -> tuple[int, int]:
+def _choose_dummy(replay: WalReplay, base: SnapshotMeta, keep_entries: int,
+                  keep_bytes: int | None = None) -> tuple[int, int]:
     """Where the in-memory log starts: ``(index, term)`` of its dummy entry.
 
-    As far back as ``keep_entries`` before the snapshot, but only to an index whose term is
-    known (an entry in the WAL, a snapshot marker, or 0) with every entry after it present.
+    As far back as ``keep_entries`` (holding at most ``keep_bytes``) before the snapshot,
+    but only to an index whose term is known (an entry in the WAL, a snapshot marker, or 0)
+    with every entry after it present.
     """
     entries = replay.entries
     if not entries or entries[0].index > base.index or entries[-1].index < base.index:
         return base.index, base.term
     lo = entries[0].index
-    dummy_index = max(base.index - keep_entries, lo - 1)
+    behind = entries[: base.index - lo + 1] if keep_bytes is not None else []
+    dummy_index = max(catch_up_start(behind, base.index, keep_entries, keep_bytes), lo - 1)
     if dummy_index >= lo:
         return dummy_index, entries[dummy_index - lo].term
     known_terms = {m.index: m.term for m in replay.snapshots}

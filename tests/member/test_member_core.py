@@ -17,7 +17,7 @@ from discoverd.consensus.messages import (
     Message,
 )
 from discoverd.consensus.raft import Config
-from discoverd.consensus.storage import MemoryStorage
+from discoverd.consensus.storage import MemoryStorage, catch_up_start
 from discoverd.errors import NotLeader
 from discoverd.member.core import Completion, MemberCore, MemberStorage, Reply
 from discoverd.storage.disk_storage import DiskStorage
@@ -30,11 +30,14 @@ class Trio:
     nor receive)."""
 
     def __init__(self, *, snapshot_count: int = 10_000,
-                 storage: Callable[[int], MemberStorage] = lambda i: MemoryStorage()) -> None:
+                 storage: Callable[[int], MemberStorage] = lambda i: MemoryStorage(),
+                 snapshot_bytes: int | None = None, catchup_entries: int = 2,
+                 catchup_bytes: int | None = None) -> None:
         self.cores = {
             i: MemberCore(Config(id=i, voters=(1, 2, 3)), storage(i), RegisterMachine(),
                           random.Random(i), snapshot_count=snapshot_count,
-                          snapshot_catchup_entries=2)
+                          snapshot_catchup_entries=catchup_entries,
+                          snapshot_bytes=snapshot_bytes, snapshot_catchup_bytes=catchup_bytes)
             for i in (1, 2, 3)
         }
         self.replies: dict[int, list[Reply]] = {i: [] for i in self.cores}
@@ -157,6 +160,48 @@ def test_snapshot_is_taken_every_snapshot_count_entries_and_log_compacted() -> N
     restored = RegisterMachine()
     restored.restore(core.storage.snapshot().data)  # the one written when it was due
     assert restored.get(b"k0") == b"v"
+
+
+def test_big_entries_trigger_a_snapshot_by_bytes_and_keep_few_behind_it() -> None:
+    """Entries of ~10 KB: by count (1,000) no snapshot would come; by bytes (50 KB since
+    the last one) it does, and at most ~25 KB of entries stay behind it (not 100)."""
+    t = Trio(snapshot_count=1_000, snapshot_bytes=50_000, catchup_entries=100,
+             catchup_bytes=25_000)
+    t.elect(1)
+    for i in range(30):
+        t.cores[1].propose(100 + i, encode_put(b"k%d" % i, b"v" * 10_000))
+        t.pump()
+    for i, core in t.cores.items():
+        snaps = [c for c in t.completions[i] if c.snapshot is not None]
+        assert len(snaps) >= 3, i  # 300 KB applied: a snapshot per ~50 KB (first staggered)
+        kept = core.storage.entries(core.storage.first_index(), core.snapshot_index + 1)
+        assert sum(len(e.data) for e in kept) <= 25_000
+        assert len(kept) == 2  # two 10 KB entries fit, a third would not
+    restored = RegisterMachine()
+    restored.restore(t.cores[2].storage.snapshot().data)
+    assert restored.get(b"k0") == b"v" * 10_000
+
+
+def test_small_entries_are_bounded_by_the_count_as_before() -> None:
+    t = Trio(snapshot_count=5, snapshot_bytes=1 << 30, catchup_entries=2,
+             catchup_bytes=1 << 30)
+    t.elect(1)
+    for i in range(12):
+        t.cores[1].propose(100 + i, encode_put(b"k%d" % i, b"v"))
+        t.pump()
+    core = t.cores[1]
+    assert core.snapshot_index >= 10
+    assert core.storage.first_index() == core.snapshot_index - 2 + 1
+
+
+def test_catch_up_start_binds_by_count_or_by_bytes_whichever_keeps_less() -> None:
+    entries = [Entry(1, i, data=b"x" * 10) for i in range(1, 21)]  # 10 bytes each
+    assert catch_up_start(entries, 20, 5, None) == 15
+    assert catch_up_start(entries, 20, 5, 1_000) == 15  # the count binds
+    assert catch_up_start(entries, 20, 5, 25) == 18  # bytes bind: 19 and 20 stay
+    assert catch_up_start(entries, 20, 5, 9) == 20  # not even one fits: keep none
+    assert catch_up_start(entries, 15, 100, 30) == 12  # entries past ``index`` don't count
+    assert catch_up_start(entries[10:], 20, 100, 1_000) == 0  # older ones already gone
 
 
 def test_removed_member_is_told_to_stop() -> None:

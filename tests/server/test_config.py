@@ -114,6 +114,10 @@ def test_a_repeated_flag_takes_its_last_value(captured: list[MemberConfig]) -> N
          "--election-timeout must be at least 5 times --heartbeat-interval"),
         ({"heartbeat_interval_ms": 0}, "--heartbeat-interval must be positive"),
         ({"snapshot_count": 0}, "--snapshot-count must be positive"),
+        ({"snapshot_bytes": -1}, "--snapshot-bytes and --experimental-snapshot-catchup-bytes "
+         "must be >= 0 (0: no bound by bytes)"),
+        ({"snapshot_catchup_bytes": -1}, "--snapshot-bytes and "
+         "--experimental-snapshot-catchup-bytes must be >= 0 (0: no bound by bytes)"),
     ],
 )
 def test_validate_names_the_bad_flag(kwargs: dict[str, object], message: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from storage_testkit import CountingFS, ents, view
 
-from discoverd.consensus.messages import ConfState, HardState, Snapshot, SnapshotMeta
+from discoverd.consensus.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 from discoverd.consensus.storage import LogStorage, MemoryStorage
 from discoverd.errors import (
     Compacted,
@@ -167,6 +167,23 @@ def test_snapshot_file_without_its_wal_record_is_ignored_and_removed() -> None:
     assert disk.snapshot() == Snapshot()
     assert fs.listdir(posixpath.join(MEMBER, "snap")) == []
     assert disk.entries(1, 6) == ents(1, 1, 5)
+
+
+def test_entries_kept_behind_a_snapshot_are_bounded_by_bytes_too_and_after_a_restart() -> None:
+    """keep_entries 100 would keep every entry; keep_bytes lets only what fits in 2,500 bytes
+    of entry data stay (two 1,000-byte entries), in memory now and after a restart."""
+    fs = SimFS()
+    disk = _open(fs, keep_entries=100, keep_bytes=2_500)
+    big = [Entry(1, i, data=b"%04d" % i + b"x" * 996) for i in range(1, 21)]
+    disk.save(HardState(term=1, commit=20), big)
+    disk.create_snapshot(15, CS, b"fifteen")
+    assert disk.first_index() == 14  # 14 and 15 kept behind the snapshot, 16..20 after it
+    assert disk.entries(14, 21) == big[13:]
+    fs.crash()
+    after = _open(fs, keep_entries=100, keep_bytes=2_500)
+    assert after.first_index() == 14
+    assert after.entries(14, 21) == big[13:]
+    assert after.snapshot().data == b"fifteen"
 
 
 def test_broken_snapshot_falls_back_while_the_wal_still_reaches_back() -> None:

@@ -25,6 +25,7 @@ _FIELDS = {
     "heartbeat_interval": "heartbeat_interval_ms",
     "election_timeout": "election_timeout_ms",
     "experimental_snapshot_catchup_entries": "snapshot_catchup_entries",
+    "experimental_snapshot_catchup_bytes": "snapshot_catchup_bytes",
     "experimental_watch_progress_notify_interval": "watch_progress_notify_interval_ms",
     "experimental_auto_compaction_check_interval": "auto_compaction_check_interval_ms",
     "experimental_auto_compaction_watch_bound": "auto_compaction_watch_bound",
@@ -51,6 +52,10 @@ _FIELDS = {
 @_flag("snapshot-count", 10_000, "Applied entries between snapshots.", int)
 @_flag("experimental-snapshot-catchup-entries", 5_000, "Entries kept behind a snapshot for "
        "slow followers to catch up from (older ones get the snapshot).", int)
+@_flag("snapshot-bytes", 64 * 1024**2, "Also snapshot once the entries applied since the last "
+       "snapshot hold this many bytes (bounds the log kept in memory; 0: count only).", int)
+@_flag("experimental-snapshot-catchup-bytes", 32 * 1024**2, "At most this many bytes of "
+       "entries are kept behind a snapshot, whatever the entry count (0: no bound).", int)
 @_flag("quota-backend-bytes", 2 * 1024**3, "Storage size at which writes stop (NOSPACE).", int)
 @_flag("max-request-bytes", 1536 * 1024, "Largest client request accepted.", int)
 @_flag("experimental-watch-progress-notify-interval", 10_000,
