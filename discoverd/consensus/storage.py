@@ -92,6 +92,17 @@ def catch_up_start(entries: Sequence[Entry], index: int, keep_entries: int,
     return start
 
 
+def catch_up_start_of(log: LogStorage, index: int, keep_entries: int,
+                      keep_bytes: int | None) -> int:
+    """``catch_up_start`` over the entries ``log`` still holds up to ``index`` (read only
+    when there is a byte bound to check)."""
+    entries: list[Entry] = []
+    lo = max(log.first_index(), index - keep_entries + 1)
+    if keep_bytes is not None and lo <= index:
+        entries = log.entries(lo, index + 1)
+    return catch_up_start(entries, index, keep_entries, keep_bytes)
+
+
 def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     """Keep the longest prefix within ``max_bytes`` of data, but always at least one entry."""
     if max_bytes is None or not entries:

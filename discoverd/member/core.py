@@ -36,7 +36,7 @@ from discoverd.consensus.messages import (
 )
 from discoverd.consensus.raft import Config, RandomSource, Role
 from discoverd.consensus.rawnode import RawNode, Ready, SoftState
-from discoverd.consensus.storage import LogStorage, catch_up_start
+from discoverd.consensus.storage import LogStorage, catch_up_start_of
 from discoverd.errors import Compacted, DiscoverdError, ProposalDropped, Unavailable
 
 
@@ -204,11 +204,12 @@ class MemberCore:
         self.snapshot_in_flight = False
         """A ``SnapshotJob`` was handed out and is not written yet: no second one."""
         self._stagger = (config.id % 4) * snapshot_count // 4
-        self._stagger_bytes = (config.id % 4) * (snapshot_bytes or 0) // 4
         """Members of one cluster apply the same entries, so with the same --snapshot-count
         they would all snapshot at the same index — every member's encoding at once on
         shared cores. The first snapshot comes up to 3/4 of the count early, by member id;
         later ones keep that phase (every ``snapshot_count`` entries after it)."""
+        self._stagger_bytes = (config.id % 4) * (snapshot_bytes or 0) // 4
+        """The same for ``--snapshot-bytes``."""
         self._applied_early = 0
         """How many of the outstanding Ready's committed entries ``apply_durable`` applied."""
         self._reads_taken = False
@@ -359,7 +360,9 @@ class MemberCore:
             done.snapshot = self._take_snapshot()
             if done.snapshot is not None:
                 self._bytes_at_job = self._applied_bytes
-                done.compact_to = self._catch_up_start()
+                done.compact_to = catch_up_start_of(
+                    self.storage, self.applied, self.snapshot_catchup_entries,
+                    self.snapshot_catchup_bytes)
         done.removed = self._removed
         return done
 
@@ -418,15 +421,6 @@ class MemberCore:
         return self.snapshot_bytes is not None and (
             self._applied_bytes - self._bytes_at_snapshot
             >= self.snapshot_bytes - self._stagger_bytes)
-
-    def _catch_up_start(self) -> int:
-        """Where to compact behind the snapshot at ``applied`` (``catch_up_start``)."""
-        if self.snapshot_catchup_bytes is None:
-            return max(0, self.applied - self.snapshot_catchup_entries)
-        lo = max(self.storage.first_index(), self.applied - self.snapshot_catchup_entries + 1)
-        entries = self.storage.entries(lo, self.applied + 1) if lo <= self.applied else []
-        return catch_up_start(entries, self.applied, self.snapshot_catchup_entries,
-                              self.snapshot_catchup_bytes)
 
     def _take_snapshot(self) -> SnapshotJob | None:
         try:

@@ -41,7 +41,7 @@ from discoverd.consensus.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from discoverd.consensus.storage import MemoryStorage, catch_up_start
+from discoverd.consensus.storage import MemoryStorage, catch_up_start, catch_up_start_of
 from discoverd.errors import CorruptData, SnapshotTemporarilyUnavailable
 from discoverd.storage.fs import FileSystem, WriteNotDone, ensure_dir
 from discoverd.storage.meta import MemberMeta, check_meta, write_meta
@@ -346,10 +346,7 @@ class DiskStorage:
         self._snaps.save(snap)
         self._wal.save_snapshot_marker(marker)
         self._mem.create_snapshot(index, conf_state, b"")  # the file has the image
-        compact_to = catch_up_start(
-            self._mem.entries(max(self._mem.first_index(), index - self._keep_entries + 1),
-                              index + 1) if self._keep_bytes is not None else [],
-            index, self._keep_entries, self._keep_bytes)
+        compact_to = catch_up_start_of(self._mem, index, self._keep_entries, self._keep_bytes)
         if compact_to >= self._mem.first_index():
             self._mem.compact(compact_to)
         self._release_old_files()
