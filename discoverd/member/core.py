@@ -27,6 +27,7 @@ from discoverd.consensus.log import RaftLog
 from discoverd.consensus.messages import (
     ConfChange,
     ConfChangeKind,
+    ConfState,
     Entry,
     EntryKind,
     HardState,
@@ -203,13 +204,9 @@ class MemberCore:
         self._removed = False
         self.snapshot_in_flight = False
         """A ``SnapshotJob`` was handed out and is not written yet: no second one."""
-        self._stagger = (config.id % 4) * snapshot_count // 4
-        """Members of one cluster apply the same entries, so with the same --snapshot-count
-        they would all snapshot at the same index — every member's encoding at once on
-        shared cores. The first snapshot comes up to 3/4 of the count early, by member id;
-        later ones keep that phase (every ``snapshot_count`` entries after it)."""
-        self._stagger_bytes = (config.id % 4) * (snapshot_bytes or 0) // 4
-        """The same for ``--snapshot-bytes``."""
+        self._phase_of: tuple[ConfState, int, int] | None = None
+        """(the membership it was computed for, this member's rank in it, its size): see
+        ``_snapshot_phase``."""
         self._applied_early = 0
         """How many of the outstanding Ready's committed entries ``apply_durable`` applied."""
         self._reads_taken = False
@@ -416,11 +413,34 @@ class MemberCore:
             done.replies.append(Reply(request_id, result))
 
     def _snapshot_due(self) -> bool:
-        if self.applied - self.snapshot_index >= self.snapshot_count - self._stagger:
+        """Whether this member's next snapshot is due: by count, when the applied index
+        crossed a boundary of this member's windows of ``snapshot_count`` entries; by bytes,
+        likewise on the axis of entry bytes applied since start.
+
+        Members apply the same entries, so with windows starting at the same index they
+        would all snapshot at once — every member forking an encoder at the same moment on
+        shared cores (a leader change during a bulk load, measured). Each member's windows
+        are shifted by its rank among the members (``_snapshot_phase``): with three members
+        they snapshot a third of the count apart. The count windows are fixed on the index
+        axis, so the phase survives restarts; the bytes axis starts again at a restart.
+        """
+        rank, members = self._snapshot_phase()
+        if snapshot_window_crossed(self.applied, self.snapshot_index, self.snapshot_count,
+                                   rank, members):
             return True
-        return self.snapshot_bytes is not None and (
-            self._applied_bytes - self._bytes_at_snapshot
-            >= self.snapshot_bytes - self._stagger_bytes)
+        return self.snapshot_bytes is not None and snapshot_window_crossed(
+            self._applied_bytes, self._bytes_at_snapshot, self.snapshot_bytes, rank, members)
+
+    def _snapshot_phase(self) -> tuple[int, int]:
+        """This member's rank among the members (voters and learners, ordered by id) and
+        their number; (0, 1) while it is not among them (e.g. before it has applied the
+        membership that adds it)."""
+        conf = self.conf_state
+        if self._phase_of is None or self._phase_of[0] is not conf:
+            ids = sorted({*conf.voters, *conf.learners})
+            rank = ids.index(self.id) if self.id in ids else 0
+            self._phase_of = (conf, rank, max(len(ids), 1))
+        return self._phase_of[1], self._phase_of[2]
 
     def _take_snapshot(self) -> SnapshotJob | None:
         try:
@@ -438,7 +458,6 @@ class MemberCore:
         self.storage.snapshot_written(snap, compact_to)
         self.snapshot_index = max(self.snapshot_index, snap.meta.index)
         self.snapshot_in_flight = False
-        self._stagger = self._stagger_bytes = 0
         self._bytes_at_snapshot = max(self._bytes_at_snapshot, self._bytes_at_job)
 
     def snapshot_abandoned(self) -> None:
@@ -446,3 +465,12 @@ class MemberCore:
         later Ready makes a new one, since one is still due."""
         self.snapshot_in_flight = False
 
+
+def snapshot_window_crossed(position: int, last: int, period: int, rank: int, members: int) -> bool:
+    """Whether ``position`` has reached the first boundary after ``last`` of the windows of
+    ``period`` that start at ``rank * period // members``, and is at least half a period
+    past ``last`` (a snapshot installed from the leader just before a boundary is not
+    followed by another one at once)."""
+    offset = rank * period // members
+    return (position - last >= period // 2
+            and position >= offset + ((last - offset) // period + 1) * period)

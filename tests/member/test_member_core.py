@@ -19,7 +19,13 @@ from discoverd.consensus.messages import (
 from discoverd.consensus.raft import Config
 from discoverd.consensus.storage import MemoryStorage, catch_up_start
 from discoverd.errors import NotLeader
-from discoverd.member.core import Completion, MemberCore, MemberStorage, Reply
+from discoverd.member.core import (
+    Completion,
+    MemberCore,
+    MemberStorage,
+    Reply,
+    snapshot_window_crossed,
+)
 from discoverd.storage.disk_storage import DiskStorage
 from discoverd.testing.register import RegisterMachine, encode_put
 from discoverd.testing.simfs import SimFS
@@ -329,22 +335,49 @@ def test_one_snapshot_at_a_time_until_written_or_abandoned() -> None:
     assert leader.snapshot_index == later[-1].meta.index
 
 
-def test_members_take_their_first_snapshot_at_staggered_indexes() -> None:
-    """Same entries, same --snapshot-count: without a stagger all members would encode at
-    once. The first comes up to 3/4 of the count early, by member id; later ones every
-    count entries after it."""
-    t = Trio(snapshot_count=8)
+def test_members_snapshot_in_windows_shifted_by_their_rank() -> None:
+    """Same entries, same --snapshot-count: without a shift all members would encode at
+    once. Each member snapshots once per window of `count` entries, its windows shifted by
+    its rank among the members (a third of the count apart for three): no two members ever
+    snapshot at the same index."""
+    t = Trio(snapshot_count=9)
     t.elect(1)
-    for i in range(20):
+    for i in range(40):
         t.cores[1].propose(100 + i, encode_put(b"k%d" % i, b"v"))
         t.pump()
-    firsts = {}
+    taken = {}
     for i in t.cores:
         indexes = [c.snapshot.meta.index for c in t.completions[i] if c.snapshot is not None]
-        assert indexes, i
-        firsts[i] = indexes[0]
-        assert all(b - a >= 8 for a, b in itertools.pairwise(indexes)), indexes
-    assert len(set(firsts.values())) == 3, firsts
+        offset = (i - 1) * 9 // 3  # ranks 0, 1, 2: ids 1, 2, 3
+        windows = [(index - offset) // 9 for index in indexes]
+        assert windows == sorted(set(windows)), (i, indexes)  # one per window
+        assert len(indexes) >= 3, (i, indexes)
+        assert all(b - a >= 9 // 2 for a, b in itertools.pairwise(indexes)), indexes
+        taken[i] = set(indexes)
+    for a, b in itertools.combinations(taken, 2):
+        assert not taken[a] & taken[b], (a, b, taken)
+
+
+@pytest.mark.parametrize(("last", "expect_first_due"), [
+    (0, 10),     # rank 0 of 3, period 10: boundaries 0, 10, 20, ...; at least 5 past last
+    (7, 12),     # boundary 10 is not 5 past 7 yet: due at 12, still in that window
+    (10, 20),
+    (19, 24),    # a snapshot installed just before a boundary: not another one at once
+])
+def test_snapshot_windows_depend_only_on_the_last_snapshot_and_the_rank(
+        last: int, expect_first_due: int) -> None:
+    """What makes the phase survive a restart: when the next snapshot is due is a function
+    of the last snapshot's index and the member's rank, nothing the process remembers."""
+    due = [p for p in range(last, last + 40) if snapshot_window_crossed(p, last, 10, 0, 3)]
+    assert due[0] == expect_first_due
+
+
+def test_a_members_snapshot_windows_are_shifted_by_its_rank() -> None:
+    firsts = [next(p for p in range(1, 100) if snapshot_window_crossed(p, 0, 30, rank, 3))
+              for rank in range(3)]
+    assert firsts == [30, 15, 20]  # boundaries 0/30, 10/40, 20/50, and half a period apart
+    assert [next(p for p in range(31, 200) if snapshot_window_crossed(p, 30, 30, rank, 3))
+            for rank in range(3)] == [60, 45, 50]
 
 
 def test_a_snapshot_file_that_cannot_be_read_is_sent_once_it_can() -> None:
