@@ -42,9 +42,10 @@ import trio
 from discoverd.consensus.messages import ConfChange, Message, Snapshot, SnapshotMeta
 from discoverd.consensus.raft import Role
 from discoverd.consensus.rawnode import Ready
-from discoverd.errors import DiscoverdError, DiskFull
+from discoverd.errors import DiscoverdError, DiskFull, SnapshotTemporarilyUnavailable
 from discoverd.member.core import MemberCore, Reply, SnapshotJob
 from discoverd.server import snapshot_child
+from discoverd.storage.disk_storage import DiskStorage
 from discoverd.storage.fs import WriteNotDone
 from discoverd.storage.snapshot import BrokenSnapshot
 
@@ -83,6 +84,13 @@ class LoopObserver(Protocol):
     def snapshot_marshalled(self, seconds: float) -> None: ...
 
 
+def _read_or_none(read: Callable[[], Snapshot]) -> Snapshot | None:
+    try:
+        return read()
+    except SnapshotTemporarilyUnavailable:
+        return None  # the storage logged why; Raft asks again later
+
+
 def _timed(fn: Callable[..., Any], *args: Any) -> float:
     """Run ``fn`` and return how long it took. Run on the worker thread itself, so that the
     figure is the disk's and not the thread hand-off's."""
@@ -115,6 +123,11 @@ class RaftLoop:
         self._after_ready = after_ready
         self._send = send
         self._run_blocking = run_blocking
+        self._nursery: trio.Nursery | None = None
+        if isinstance(core.storage, DiskStorage):
+            core.storage.read_in_background = self.read_in_background
+        self.snapshot_reads = 0
+        """Snapshot files read on a worker thread to be sent to a follower."""
         self.tick_seconds = tick_seconds
         self.log = log if log is not None else structlog.get_logger("raft")
         self._wakeup = trio.Event()
@@ -256,9 +269,33 @@ class RaftLoop:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._ready_loop, nursery)
             task_status.started()
+
+    def read_in_background(self, read: Callable[[], Snapshot],
+                           done: Callable[[Snapshot | None], None]) -> None:
+        """``DiskStorage.read_in_background``: a snapshot file's read (hundreds of MB for a
+        large store) on a worker thread, so the loop keeps serving and heartbeating; ``done``
+        gets the image here (None if it could not be read), and Raft is woken. Before the
+        loop runs, the read happens in place."""
+        if self._nursery is None:
+            done(_read_or_none(read))
+            return
+        self._nursery.start_soon(self._read_snapshot, read, done)
+
+    async def _read_snapshot(self, read: Callable[[], Snapshot],
+                             done: Callable[[Snapshot | None], None]) -> None:
+        started = trio.current_time()
+        snap = await self._run_blocking(_read_or_none, read)
+        done(snap)
+        if snap is not None:
+            self.snapshot_reads += 1
+            self.log.info("snapshot read to send", index=snap.meta.index, term=self.core.term,
+                          bytes=len(snap.data),
+                          seconds=round(trio.current_time() - started, 3))
+        self.kick()
 
     async def _ticker(self) -> None:
         next_tick = trio.current_time()

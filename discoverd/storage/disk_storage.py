@@ -25,6 +25,13 @@ restore its state machine. A large store's image is hundreds of MB (issue 12: ~2
 million keys), which a member would otherwise carry for the odd InstallSnapshot. Recovery
 has just read and checked the file anyway, so the first ``snapshot()`` gets that copy
 instead of a second read, and nothing keeps it after that.
+
+Reading that file takes about half a second at a million keys, and a store at the quota
+several seconds: on the member's event loop that is a stall past the election timeout.
+The runtime therefore sets ``read_in_background`` (``server/raft_loop.py``: a worker
+thread); ``snapshot()`` then starts the read and says ``SnapshotTemporarilyUnavailable``
+(Raft tries again on the follower's next heartbeat response) until the image is read, and
+hands it out once. Without a runtime (tests, tools) it reads in place.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from discoverd.consensus.messages import (
     ConfState,
@@ -49,6 +57,10 @@ from discoverd.storage.snapshot import BrokenSnapshot, SnapshotStore
 from discoverd.storage.wal import DEFAULT_SEGMENT_BYTES, WAL, SnapshotMarker, WalReplay
 
 log = logging.getLogger(__name__)
+
+BackgroundReader = Callable[[Callable[[], Snapshot], Callable[[Snapshot | None], None]], None]
+"""``(read, done)``: runs ``read`` off the caller's thread, then calls ``done`` with what it
+returned (None if it raised ``SnapshotTemporarilyUnavailable``) back on the caller's thread."""
 
 DEFAULT_KEEP_ENTRIES = 5000
 """Entries kept before a new snapshot, as etcd's ``SnapshotCatchUpEntries``."""
@@ -101,6 +113,12 @@ class DiskStorage:
         self._recovered: Snapshot | None = None
         """The image recovery read, until the first ``snapshot()`` takes it (see the module
         docstring)."""
+        self.read_in_background: BackgroundReader | None = None
+        """Set by the runtime: where ``snapshot()`` has the file read (module docstring)."""
+        self._reading: SnapshotMeta | None = None
+        """The snapshot whose file is being read in the background."""
+        self._read_done: Snapshot | None = None
+        """A background read's image, until ``snapshot()`` hands it out."""
         self._wal, replay = WAL.open(fs, wal_dir, cluster_id=cluster_id, member_id=member_id,
                                      segment_bytes=segment_bytes)
         try:
@@ -143,24 +161,49 @@ class DiskStorage:
         for the start-up restore.
 
         Raises:
-            SnapshotTemporarilyUnavailable: the file cannot be read or is broken (logged):
-                Raft tries again later; a restart would fall back to an older snapshot.
+            SnapshotTemporarilyUnavailable: the file is being read in the background, or it
+                cannot be read or is broken (logged): Raft tries again later; a restart
+                would fall back to an older snapshot.
         """
         current = self._mem.snapshot()
         recovered, self._recovered = self._recovered, None
         if current.is_empty:
             return current
-        if recovered is not None and recovered.meta == current.meta:
+        meta = current.meta
+        if recovered is not None and recovered.meta == meta:
             return recovered
+        if self.read_in_background is None:
+            return self._read(meta)
+        if self._reading != meta and not self._has_read(meta):
+            self._reading = meta
+            self.read_in_background(partial(self._read, meta),
+                                    partial(self._background_read_done, meta))
+        if self._has_read(meta):
+            snap, self._read_done = self._read_done, None
+            assert snap is not None
+            return snap
+        raise SnapshotTemporarilyUnavailable(
+            f"snapshot {meta.index} is being read from its file")
+
+    def _has_read(self, meta: SnapshotMeta) -> bool:
+        return self._read_done is not None and self._read_done.meta == meta
+
+    def _background_read_done(self, meta: SnapshotMeta, snap: Snapshot | None) -> None:
+        if self._reading == meta:
+            self._reading = None
+        if snap is not None and snap.meta == self._mem.snapshot().meta:
+            self._read_done = snap  # else a newer snapshot was recorded meanwhile: drop it
+
+    def _read(self, meta: SnapshotMeta) -> Snapshot:
+        """Snapshot ``meta``'s image from its file (on any thread: it touches nothing but
+        the file)."""
         try:
-            snap = self._snaps.load(SnapshotMarker(index=current.meta.index,
-                                                   term=current.meta.term))
+            return self._snaps.load(SnapshotMarker(index=meta.index, term=meta.term))
         except (OSError, BrokenSnapshot) as exc:
             log.warning("storage: cannot read snapshot %d (term %d) to send it: %s",
-                        current.meta.index, current.meta.term, exc)
+                        meta.index, meta.term, exc)
             raise SnapshotTemporarilyUnavailable(
-                f"snapshot {current.meta.index} cannot be read: {exc}") from exc
-        return snap
+                f"snapshot {meta.index} cannot be read: {exc}") from exc
 
     @property
     def hard_state(self) -> HardState:

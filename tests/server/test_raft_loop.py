@@ -226,7 +226,8 @@ async def test_a_lagging_follower_catches_up_from_the_file_a_snapshot_child_wrot
     tmp_path: Path,
 ) -> None:
     """The leader holds no image in memory: the snapshot a forked child wrote is read from
-    its file when a follower behind the compacted log needs it, and the follower catches up."""
+    its file, on a worker thread, when a follower behind the compacted log needs it, and the
+    follower catches up."""
     c = LoopCluster(3, storage=lambda i: _disk(tmp_path, i), snapshot_count=4,
                     tick=DISK_TICK, run_blocking=trio.to_thread.run_sync, fork_snapshots=True)
     with trio.fail_after(30):
@@ -248,6 +249,7 @@ async def test_a_lagging_follower_catches_up_from_the_file_a_snapshot_child_wrot
             c.down.clear()
             await _until(lambda: late.core.applied >= leader.core.applied)
             assert late.core.snapshot_index > 0, "it caught up through a snapshot"
+            assert leader.snapshot_reads >= 1, "read from its file on a worker thread"
             assert isinstance(late.core.sm, RegisterMachine)
             assert late.core.sm.get(b"k%d" % (i - 1)) == b"v"
             nursery.cancel_scope.cancel()

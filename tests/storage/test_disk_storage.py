@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import posixpath
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -426,3 +427,71 @@ def test_restart_reads_the_snapshot_file_once_and_keeps_it_only_for_the_first_ca
     assert again._recovered is None, "and then it is dropped"
     assert again.snapshot() == made  # any later caller reads the file
     assert fs.counts["read_snap"] == 2
+
+
+class _Deferred:
+    """The runtime's side of ``read_in_background``, by hand: reads wait until ``run``."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], Snapshot], Callable[[Snapshot | None], None]]] = []
+
+    def __call__(self, read: Callable[[], Snapshot],
+                 done: Callable[[Snapshot | None], None]) -> None:
+        self.pending.append((read, done))
+
+    def run(self) -> None:
+        pending, self.pending = self.pending, []
+        for read, done in pending:
+            try:
+                snap: Snapshot | None = read()
+            except SnapshotTemporarilyUnavailable:
+                snap = None
+            done(snap)
+
+
+def test_with_a_background_reader_the_file_is_read_off_the_callers_thread_and_handed_once(
+) -> None:
+    """A large image is not read on the member's loop: the first ask starts one read and is
+    told to try later (asking again meanwhile starts no second read); the image is handed
+    out once, and the next ask reads the file again."""
+    fs = ReadCountingFS(SimFS())
+    disk = _open(fs)
+    disk.save(HardState(term=2, commit=6), ents(2, 1, 6))
+    made = disk.create_snapshot(5, CS, b"five" * 100)
+    reader = disk.read_in_background = _Deferred()
+    fs.reset()
+    for _ in range(3):
+        with pytest.raises(SnapshotTemporarilyUnavailable):
+            disk.snapshot()
+    assert len(reader.pending) == 1
+    assert fs.counts["read_snap"] == 0, "nothing read on the caller's thread"
+    reader.run()
+    assert fs.counts["read_snap"] == 1
+    assert disk.snapshot() == made
+    assert disk._read_done is None, "not kept once handed out"
+    with pytest.raises(SnapshotTemporarilyUnavailable):
+        disk.snapshot()
+    assert len(reader.pending) == 1
+
+
+def test_a_background_read_that_fails_or_is_overtaken_hands_out_nothing() -> None:
+    fs = SimFS()
+    disk = _open(fs)
+    disk.save(HardState(term=2, commit=9), ents(2, 1, 9))
+    old = disk.create_snapshot(5, CS, b"five" * 100)
+    reader = disk.read_in_background = _Deferred()
+    _hide(fs, _snap_path(old.meta))
+    with pytest.raises(SnapshotTemporarilyUnavailable):
+        disk.snapshot()
+    reader.run()  # the file is missing: logged, nothing handed out, asked again later
+    _unhide(fs, _snap_path(old.meta))
+    with pytest.raises(SnapshotTemporarilyUnavailable):
+        disk.snapshot()
+    assert len(reader.pending) == 1, "a failed read is retried"
+    newer = disk.create_snapshot(8, CS, b"eight" * 100)
+    reader.run()  # finishes with the old image, which is now stale
+    assert disk._read_done is None
+    with pytest.raises(SnapshotTemporarilyUnavailable):
+        disk.snapshot()
+    reader.run()
+    assert disk.snapshot() == newer
