@@ -6,7 +6,6 @@ caught-up peer first, then stop).
 from __future__ import annotations
 
 import fcntl
-import gc
 import math
 import os
 import random
@@ -34,6 +33,7 @@ from discoverd.server.auth_service import AuthService
 from discoverd.server.compactor import Compactor
 from discoverd.server.config import MemberConfig, parse_url, parse_urls
 from discoverd.server.disk_faults import wrap_fs
+from discoverd.server.gc_policy import SurvivorFreezer, configure_for_serving
 from discoverd.server.http import HttpServer, gateway_router
 from discoverd.server.lease_service import LeaseService
 from discoverd.server.limits import seconds
@@ -56,8 +56,12 @@ REMOVED_STOP_DELAY = 1.0
 class Member:
     """Everything one running member owns; built by ``run_member``."""
 
-    def __init__(self, cfg: MemberConfig, log: Any) -> None:
+    def __init__(self, cfg: MemberConfig, log: Any,
+                 gc_freezer: SurvivorFreezer | None = None) -> None:
+        """``gc_freezer``: when this member owns its process (``serve``), what keeps the
+        cyclic collector's full collections short (``server/gc_policy.py``)."""
         cfg.validate()
+        self.gc_freezer = gc_freezer
         # Certificates are loaded first: a bad file is reported before anything is touched.
         self.tls = member_tls(cfg)
         self.cfg = cfg
@@ -299,6 +303,8 @@ class Member:
                 nursery.start_soon(self._watch_removed, nursery.cancel_scope)
                 nursery.start_soon(self.compactor.run)
                 nursery.start_soon(self.alarm_service.run)
+                if self.gc_freezer is not None:
+                    nursery.start_soon(self.gc_freezer.run)
                 self.log.info(
                     "member ready", version=__version__,
                     client_urls=cfg.listen_client_urls, peer_urls=cfg.listen_peer_urls,
@@ -413,25 +419,13 @@ async def _close_all(listeners: list[trio.SocketListener]) -> None:
         await listener.aclose()
 
 
-GC_THRESHOLDS = (20_000, 10, 10)
-"""The cyclic collector's thresholds for a serving member (CPython's default is 700, 10, 10).
-Requests allocate many short-lived containers, so at 700 the young generation is collected
-every few requests and objects are promoted early, which makes full collections — pauses
-that grow with the store — more frequent. Measured (issue 12, 64 writers): the put p99 fell
-from ~70 ms to ~45 ms with no change in throughput. Reference counting frees everything that
-is not in a cycle either way."""
-
-
 def serve(cfg: MemberConfig) -> None:
     """Run a member until SIGTERM/SIGINT (the ``discoverd serve`` command)."""
     log = configure_logging(cfg.log_format, cfg.log_level, member=cfg.name)
-    # What exists now (modules, classes, functions) lives as long as the process: keep it
-    # out of every collection.
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    configure_for_serving()
 
     async def main() -> None:
-        member = Member(cfg, log)
+        member = Member(cfg, log, SurvivorFreezer(log=log))
         await member.run()
 
     trio.run(main)

@@ -321,6 +321,18 @@ class MemberMetrics:
                          "The marshalling cost distributions of save called by snapshot.",
                          self.snapshot_marshal_seconds)
 
+        freezer = m.gc_freezer
+        if freezer is not None:  # only a member that owns its process (server/gc_policy.py)
+            yield _gauge("discoverd_gc_frozen_objects", "Objects moved out of the cyclic "
+                         "collector's sight (gc.freeze): the long-lived ones, the store's.",
+                         freezer.frozen)
+            yield _counter("discoverd_gc_freeze_rounds_total", "Collections of the not-yet-frozen "
+                           "objects followed by a freeze.", freezer.rounds)
+            yield _counter("discoverd_gc_freeze_pause_seconds_total", "Time the member's loop "
+                           "stood still for those rounds.", freezer.pause_seconds_total)
+            yield _gauge("discoverd_gc_freeze_longest_pause_seconds",
+                         "The longest such round.", freezer.longest_pause_seconds)
+
         yield _gauge("discoverd_mvcc_db_total_size_in_bytes",
                      "Bytes of keys and values over every kept version (what the backend "
                      "quota is checked against).", store.size_bytes)

@@ -32,6 +32,7 @@ from discoverd.consensus.storage import MemoryStorage
 from discoverd.member.core import MemberCore
 from discoverd.sdk import AsyncClient, DiscoverdError, FutureRevision
 from discoverd.server.config import MemberConfig
+from discoverd.server.gc_policy import SurvivorFreezer
 from discoverd.server.member import Member
 from discoverd.server.metrics import Histogram, exponential_buckets
 from discoverd.server.raft_loop import RaftLoop, run_inline
@@ -357,6 +358,11 @@ def test_get_metrics_over_http_from_a_serving_member(tmp_path: Path) -> None:
     assert value(samples, "discoverd_server_is_leader") == 1
     assert [dict(k)["member"] for k in labelled(samples, "discoverd_server_info")] == ["m1"]
     assert types["process_resident_memory_bytes"] == "gauge"
+    # A member that owns its process keeps long-lived objects out of full collections
+    # (server/gc_policy.py): frozen at start, then a round every 2 s.
+    assert value(samples, "discoverd_gc_frozen_objects") > 10_000
+    assert types["discoverd_gc_freeze_rounds_total"] == "counter"
+    assert types["discoverd_gc_freeze_longest_pause_seconds"] == "gauge"
 
 
 # ---------------------------------------------------------------------- docs
@@ -371,6 +377,7 @@ def documented_metrics() -> dict[str, str]:
 async def test_docs_list_exactly_the_metrics_exposed(tmp_path: Path) -> None:
     with trio.fail_after(BOUND):
         async with members(tmp_path) as ([m], _):
+            m.gc_freezer = SurvivorFreezer()  # as `discoverd serve` has (not started here)
             _, types = scrape(m)
     documented = documented_metrics()
     assert len(documented) > 30, "the table rows were not found"
