@@ -84,7 +84,7 @@ class MemberConfig:
     election_timeout_ms: int = 1000
     snapshot_count: int = 10_000
     snapshot_catchup_entries: int = 5_000
-    snapshot_bytes: int = 0
+    snapshot_bytes: int = 64 * 1024**2
     snapshot_catchup_bytes: int = 32 * 1024**2
     quota_backend_bytes: int = 2 * 1024**3
     max_request_bytes: int = 1536 * 1024

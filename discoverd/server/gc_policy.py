@@ -31,8 +31,10 @@ program (tests, embedding) leave that program's collector alone.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -61,6 +63,20 @@ def configure_for_serving() -> None:
     long as the process — out of every collection; then the thresholds above."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+@contextlib.contextmanager
+def loading_long_lived() -> Iterator[None]:
+    """Around building what will live as long as the process (a restart's store: millions
+    of objects, none of them garbage): no collections meanwhile — each would walk all that
+    was built so far, and CPython starts one at every quarter's growth, several seconds in
+    all at a million keys — and all of it frozen at the end."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.freeze()
 
 
 class SurvivorFreezer:

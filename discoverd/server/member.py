@@ -33,7 +33,11 @@ from discoverd.server.auth_service import AuthService
 from discoverd.server.compactor import Compactor
 from discoverd.server.config import MemberConfig, parse_url, parse_urls
 from discoverd.server.disk_faults import wrap_fs
-from discoverd.server.gc_policy import SurvivorFreezer, configure_for_serving
+from discoverd.server.gc_policy import (
+    SurvivorFreezer,
+    configure_for_serving,
+    loading_long_lived,
+)
 from discoverd.server.http import HttpServer, gateway_router
 from discoverd.server.lease_service import LeaseService
 from discoverd.server.limits import seconds
@@ -425,7 +429,8 @@ def serve(cfg: MemberConfig) -> None:
     configure_for_serving()
 
     async def main() -> None:
-        member = Member(cfg, log, SurvivorFreezer(log=log))
+        with loading_long_lived():  # the store, restored from the snapshot: millions
+            member = Member(cfg, log, SurvivorFreezer(log=log))
         await member.run()
 
     trio.run(main)

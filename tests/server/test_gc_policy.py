@@ -150,3 +150,27 @@ def test_rounds_every_interval_and_a_sweep_only_while_few_objects_are_frozen() -
     assert big["rounds"] == 25
     assert big["sweeps"] == 0
     assert big["frozen"] > 0
+
+
+LOAD = """
+import gc, json
+from discoverd.server.gc_policy import configure_for_serving, loading_long_lived
+
+configure_for_serving()
+before = gc.get_freeze_count()
+collections = []
+gc.callbacks.append(lambda phase, info: collections.append(phase))
+with loading_long_lived():
+    enabled_inside = gc.isenabled()
+    store = [[i] for i in range(300_000)]  # far past the thresholds: would collect often
+print(json.dumps({"enabled_inside": enabled_inside, "enabled_after": gc.isenabled(),
+                  "collections": len(collections), "frozen": gc.get_freeze_count() - before}))
+"""
+
+
+def test_what_a_restart_loads_is_built_without_collections_and_frozen() -> None:
+    r = _run(LOAD)
+    assert not r["enabled_inside"]
+    assert r["enabled_after"]
+    assert r["collections"] == 0
+    assert r["frozen"] >= 300_000

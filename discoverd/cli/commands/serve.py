@@ -52,8 +52,9 @@ _FIELDS = {
 @_flag("snapshot-count", 10_000, "Applied entries between snapshots.", int)
 @_flag("experimental-snapshot-catchup-entries", 5_000, "Entries kept behind a snapshot for "
        "slow followers to catch up from (older ones get the snapshot).", int)
-@_flag("snapshot-bytes", 0, "Also snapshot once the entries applied since the last snapshot "
-       "hold this many bytes (bounds the log kept in memory; 0: by count only).", int)
+@_flag("snapshot-bytes", 64 * 1024**2, "Also snapshot once the entries applied since the "
+       "last snapshot hold this many bytes (bounds the log kept in memory; 0: by count "
+       "only).", int)
 @_flag("experimental-snapshot-catchup-bytes", 32 * 1024**2, "At most this many bytes of "
        "entries are kept behind a snapshot, whatever the entry count (0: no bound).", int)
 @_flag("quota-backend-bytes", 2 * 1024**3, "Storage size at which writes stop (NOSPACE).", int)
