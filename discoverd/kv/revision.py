@@ -3,7 +3,8 @@
 A ``Revision`` is etcd's ``(main, sub)`` pair: ``main`` is the store-wide revision of the
 write request that made the change, ``sub`` orders the changes inside that request (a txn
 that puts three keys makes ``(r, 0)``, ``(r, 1)``, ``(r, 2)``). Ordering is lexicographic, so
-revisions sort in the order the changes happened.
+revisions sort in the order the changes happened. The store keeps no ``Revision`` object per
+version (a version's ``main`` is its ``mod_revision``, see ``store.py`` for ``sub``).
 
 ``KeyValue`` mirrors etcd's ``mvccpb.KeyValue`` field for field. A deletion is stored as a
 *tombstone*: a ``KeyValue`` with ``create_revision == 0`` (a live key always has a positive

@@ -1,9 +1,16 @@
 """``MvccStore``: the multi-version key-value store, with etcd v3.4's semantics.
 
-The state is three things: the current ``revision``, the ``TreeIndex`` (key → generations of
-revisions) and the *backend* (revision → ``KeyValue``, tombstones included), which holds every
-version not yet compacted away. A read at revision ``r`` asks the index which revision of
-each key was visible at ``r`` and fetches those versions from the backend.
+The state is three things: the current ``revision``, the ``TreeIndex`` (key → its versions,
+tombstones included, oldest first) and the *log*: the same versions in revision order, which
+is what a watch replays and a snapshot writes. Every version not yet compacted away is in
+both. A read at revision ``r`` asks the index which version of each key was visible at ``r``.
+
+Memory is the constraint at scale (a member holds a million keys): a version is one
+``KeyValue`` referenced from two lists, and its ``(main, sub)`` revision is not an object of
+its own. ``main`` is the version's ``mod_revision``; ``sub`` orders the changes of one write
+and matters only to the snapshot image (the changes of one key keep their order in the
+index, the log keeps everyone's), so the log keeps it in a parallel ``array`` of C ints, 4
+bytes a version. A revision-keyed dict (the old "backend") cost ~250 bytes a version more.
 
 Writes. Every write request (put, delete_range, txn, ``delete_keys``) opens one ``_Write``
 whose changes all get main revision ``revision + 1`` and sub revisions 0, 1, 2… in order.
@@ -28,17 +35,16 @@ identical state and identical answers.
 
 from __future__ import annotations
 
-import sys
-from bisect import bisect_left
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from itertools import islice
 from operator import attrgetter
 from typing import Any
 
-from sortedcontainers import SortedDict
-
 from discoverd.errors import Compacted, CorruptData, FutureRevision, KeyNotFound, LeaseNotFound
-from discoverd.kv.index import KeyIndex, TreeIndex
+from discoverd.kv.index import TreeIndex, mod_revision
 from discoverd.kv.requests import (
     CompactionRequest,
     CompactionResponse,
@@ -54,7 +60,7 @@ from discoverd.kv.requests import (
     TxnRequest,
     TxnResponse,
 )
-from discoverd.kv.revision import Event, EventType, KeyValue, Revision, tombstone
+from discoverd.kv.revision import Event, EventType, KeyValue, tombstone
 from discoverd.kv.txn import (
     FROM_KEY,
     apply_path,
@@ -100,7 +106,8 @@ class MvccStore:
     def __init__(self, *, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
         self.max_txn_ops = max_txn_ops
         self._index = TreeIndex()
-        self._backend: SortedDict = SortedDict()  # Revision -> KeyValue
+        self._log: list[KeyValue] = []  # every kept version, in (main, sub) revision order
+        self._subs = _sub_array()  # the sub revision of each version in _log
         self._revision = 1  # an empty etcd reports revision 1; the first write makes 2
         self._compact_revision = -1  # etcd's "never compacted"
         self._size_bytes = 0
@@ -108,7 +115,7 @@ class MvccStore:
     def __repr__(self) -> str:
         return (
             f"<MvccStore revision={self._revision} compact_revision={self.compact_revision}"
-            f" keys={len(self._index)} versions={len(self._backend)}"
+            f" keys={len(self._index)} versions={len(self._log)}"
             f" size_bytes={self._size_bytes}>"
         )
 
@@ -173,43 +180,39 @@ class MvccStore:
         """
         if start_revision <= self._compact_revision:
             raise Compacted(COMPACTED_MESSAGE)
-        low = Revision(max(start_revision, 0), 0)
-        high = Revision(end_revision, sys.maxsize) if end_revision > 0 else None
+        low = max(start_revision, 0)
+        high = end_revision if end_revision > 0 else None
         events: list[Event] = []
         if high is not None and high < low:
             return events
-        for rev, kv in self._versions(low, high, key, range_end):
-            if 0 < limit <= len(events) and rev.main != events[-1].kv.mod_revision:
+        for kv in self._versions(low, high, key, range_end):
+            if 0 < limit <= len(events) and kv.mod_revision != events[-1].kv.mod_revision:
                 break
             ki = self._index.key_index(kv.key)
-            assert ki is not None, f"backend version of an unindexed key {kv.key!r}"
-            prev_rev = ki.previous(rev)
-            prev = self._backend[prev_rev] if prev_rev is not None else None
+            assert ki is not None, f"logged version of an unindexed key {kv.key!r}"
+            prev = ki.previous(kv)
             kind = EventType.DELETE if kv.is_tombstone else EventType.PUT
             events.append(Event(kind, kv, prev))
         return events
 
     def _versions(
-        self, low: Revision, high: Revision | None, key: bytes | None, range_end: bytes
-    ) -> Iterator[tuple[Revision, KeyValue]]:
-        """The kept versions with revisions in ``[low, high]`` of the selected keys, in
-        revision order."""
-        backend = self._backend
+        self, low: int, high: int | None, key: bytes | None, range_end: bytes
+    ) -> Iterator[KeyValue]:
+        """The kept versions with main revisions in ``[low, high]`` (``None``: no end) of
+        the selected keys, in revision order."""
         if key is not None and not range_end:
-            ki = self._index.key_index(key)
-            for gen in ki.generations if ki is not None else ():
-                if not gen or gen[-1] < low:
-                    continue
-                for rev in gen[bisect_left(gen, low) :]:
-                    if high is not None and rev > high:
-                        return
-                    yield rev, backend[rev]
+            versions: list[KeyValue] = self._index.key_index(key) or []
+        else:
+            versions = self._log
+        start = bisect_left(versions, low, key=mod_revision)
+        stop = None if high is None else bisect_right(versions, high, key=mod_revision)
+        if versions is not self._log:
+            yield from versions[start:stop]
             return
         end = None if range_end == FROM_KEY else range_end
-        for rev in backend.irange(minimum=low, maximum=high):
-            kv: KeyValue = backend[rev]
+        for kv in islice(versions, start, stop):
             if key is None or (key <= kv.key and (end is None or kv.key < end)):
-                yield rev, kv
+                yield kv
 
     def _kvs(
         self, key: bytes, range_end: bytes, at: int, *, reverse: bool = False, limit: int = 0
@@ -217,20 +220,12 @@ class MvccStore:
         """The versions visible at revision ``at`` of ``key`` (no ``range_end``) or of the
         keys in ``[key, range_end)`` (``b"\\0"``: every key from ``key`` on), key-ordered
         (descending if ``reverse``); the first ``limit`` only if ``limit`` > 0."""
-        backend = self._backend
         if not range_end:
-            ki = self._index.key_index(key)
-            rev = ki.get(at) if ki is not None else None
-            return [backend[rev]] if rev is not None else []
+            kv = self._index.get(key, at)
+            return [kv] if kv is not None else []
         end = None if range_end == FROM_KEY else range_end
-        found: list[KeyValue] = []
-        for ki in self._index.scan(key, end, reverse=reverse):
-            rev = ki.get(at)
-            if rev is not None:
-                found.append(backend[rev])
-                if len(found) == limit:
-                    break
-        return found
+        visible = self._index.visible(at, key, end, reverse=reverse)
+        return list(islice(visible, limit) if limit > 0 else visible)
 
     def _range(self, request: RangeRequest, current: int) -> RangeResponse:
         """etcd's ``applierV3backend.Range`` over ``mvcc.rangeKeys``, served at ``current``.
@@ -399,18 +394,20 @@ class MvccStore:
     def _undo(self, write: _Write) -> None:
         """Take back every change of ``write``, newest first (the index can only take back a
         key's last change, and a derived change may follow the request's own on one key).
-        The write's changes are exactly its events: the one at sub revision ``i`` is event
-        ``i``, recorded at ``Revision(begin + 1, i)``."""
-        main = write.begin + 1
-        for sub in range(len(write.events) - 1, -1, -1):
-            rev = Revision(main, sub)
-            kv: KeyValue = self._backend.pop(rev)
+        The write's changes are exactly its events, and the last ones of the log."""
+        count = len(write.events)
+        if not count:
+            return
+        for kv in reversed(self._log[-count:]):
             self._size_bytes -= len(kv.key) + len(kv.value)
-            self._index.revert(kv.key, rev)
+            self._index.revert(kv)
+        del self._log[-count:], self._subs[-count:]
         write.events.clear()
 
-    def _record(self, rev: Revision, kv: KeyValue) -> None:
-        self._backend[rev] = kv
+    def _record(self, sub: int, kv: KeyValue) -> None:
+        """Log the change ``kv``, the write's ``sub``-th, newest in the store."""
+        self._log.append(kv)
+        self._subs.append(sub)
         self._size_bytes += len(kv.key) + len(kv.value)
 
     # -- compaction --------------------------------------------------------------------------
@@ -431,11 +428,23 @@ class MvccStore:
             raise Compacted(COMPACTED_MESSAGE)
         if rev > self._revision:
             raise FutureRevision()
-        for gone in self._index.compact(rev):
-            kv: KeyValue = self._backend.pop(gone)
-            self._size_bytes -= len(kv.key) + len(kv.value)
+        removed = self._index.compact(rev)
+        if removed:
+            self._drop_from_log(removed, rev)
         self._compact_revision = rev
         return CompactionResponse(header_revision=self._revision)
+
+    def _drop_from_log(self, removed: list[KeyValue], at_main: int) -> None:
+        """Take the versions ``removed`` (by identity: each version is its own object) out
+        of the log. All of them are at or before ``at_main``, so only the log up to there is
+        rewritten; a compaction visits every key anyway, this is no worse."""
+        self._size_bytes -= sum(len(kv.key) + len(kv.value) for kv in removed)
+        gone = {id(kv) for kv in removed}
+        log, subs = self._log, self._subs
+        cut = bisect_right(log, at_main, key=mod_revision)
+        kept = [i for i in range(cut) if id(log[i]) not in gone]
+        log[:cut] = [log[i] for i in kept]
+        subs[:cut] = _sub_array(subs[i] for i in kept)
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -451,10 +460,10 @@ class MvccStore:
 
     def freeze(self) -> FrozenStore:
         """The store as it is now, to encode on another thread while writes go on. Costs two
-        C-level copies (the revisions in order, and the revision → version map); versions
-        themselves are immutable and shared."""
-        return FrozenStore(self._revision, self._compact_revision, list(self._backend),
-                           dict.copy(self._backend))
+        C-level copies (the log and its sub revisions); versions themselves are immutable
+        and shared."""
+        return FrozenStore(self._revision, self._compact_revision, self._log.copy(),
+                           self._subs[:])
 
     @classmethod
     def from_obj(
@@ -467,35 +476,40 @@ class MvccStore:
     def restore(self, obj: Mapping[str, Any]) -> None:
         """Replace the whole state with ``obj`` (from ``to_obj``), in place.
 
+        ``obj["versions"]`` may also be what ``load_versions`` made of the rows, as a
+        streaming decoder gives it (the store then takes its structures over: restore from
+        it once).
+
         Raises:
             CorruptData: ``obj`` is not a well-formed store image; the store is unchanged.
         """
         try:
-            image = _Image.load(obj)
-        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            image = _Image(obj)
+        except _IMAGE_ERRORS as exc:
             raise CorruptData(f"kv snapshot: {exc}") from exc
-        self._index, self._backend = image.index, image.backend
+        versions = image.versions
+        self._index, self._log, self._subs = versions.index, versions.log, versions.subs
         self._revision, self._compact_revision = image.revision, image.compact_revision
-        self._size_bytes = image.size_bytes
+        self._size_bytes = versions.size_bytes
 
 
 class _Write:
     """One write request in progress (etcd's ``storeTxnWrite``); implements ``TxnOps``."""
 
-    __slots__ = ("_store", "begin", "events")
+    __slots__ = ("_store", "begin", "events", "main")
 
     def __init__(self, store: MvccStore) -> None:
         self._store = store
         self.begin = store.revision
+        self.main = self.begin + 1
+        """The main revision of this write's changes: one int object for all of them (and
+        for their versions' ``mod_revision`` and new keys' ``create_revision``)."""
         self.events: list[Event] = []
 
     @property
     def revision(self) -> int:
         """What a read sees now: the start revision, or the new one once it has changes."""
-        return self.begin + 1 if self.events else self.begin
-
-    def _next(self) -> Revision:
-        return Revision(self.begin + 1, len(self.events))
+        return self.main if self.events else self.begin
 
     def op_range(self, request: RangeRequest) -> RangeResponse:
         return self._store._range(request, self.revision)
@@ -504,37 +518,34 @@ class _Write:
         self, key: bytes, range_end: bytes, *, reverse: bool = False, limit: int = 0
     ) -> list[KeyValue]:
         """The live versions as this write leaves them so far."""
-        return self._store._kvs(key, range_end, self.begin + 1, reverse=reverse, limit=limit)
+        return self._store._kvs(key, range_end, self.main, reverse=reverse, limit=limit)
 
     def op_put(self, request: PutRequest) -> PutResponse:
         store = self._store
-        ki = store._index.key_index(request.key)
-        latest = ki.latest() if ki is not None else None
-        prev: KeyValue | None = store._backend[latest] if latest is not None else None
-        rev = self._next()
+        prev = store._index.latest(request.key)
+        main = self.main
         value, lease = request.value, request.lease
         if request.ignore_value or request.ignore_lease:
             assert prev is not None, "ignore_* on a missing key passes the pre-checks"
             value = prev.value if request.ignore_value else value
             lease = prev.lease if request.ignore_lease else lease
         if prev is None:
-            create, version = rev.main, 1
+            create, version = main, 1
         else:
             create, version = prev.create_revision, prev.version + 1
-        kv = KeyValue(request.key, value, create, rev.main, version, lease)
-        store._index.put(request.key, rev)
-        store._record(rev, kv)
+        kv = KeyValue(request.key, value, create, main, version, lease)
+        store._index.put(kv)
+        store._record(len(self.events), kv)
         self.events.append(Event(EventType.PUT, kv, prev))
-        return PutResponse(header_revision=rev.main, prev_kv=prev if request.prev_kv else None)
+        return PutResponse(header_revision=main, prev_kv=prev if request.prev_kv else None)
 
     def op_delete_range(self, request: DeleteRangeRequest) -> DeleteRangeResponse:
         store = self._store
-        doomed = store._kvs(request.key, request.range_end, self.begin + 1)
+        doomed = store._kvs(request.key, request.range_end, self.main)
         for kv in doomed:
-            rev = self._next()
-            store._index.tombstone(kv.key, rev)
-            gone = tombstone(kv.key, rev.main)
-            store._record(rev, gone)
+            gone = tombstone(kv.key, self.main)
+            store._index.tombstone(gone)
+            store._record(len(self.events), gone)
             self.events.append(Event(EventType.DELETE, gone, kv))
         return DeleteRangeResponse(
             header_revision=self.revision,
@@ -561,7 +572,7 @@ class WriteView:
     @property
     def revision(self) -> int:
         """The revision this write will commit as."""
-        return self._write.begin + 1
+        return self._write.main
 
     def get(self, key: bytes) -> KeyValue | None:
         found = self._write.read(key, b"")
@@ -608,12 +619,12 @@ class FrozenStore:
 
     CHUNK = 4096
 
-    def __init__(self, revision: int, compact_revision: int, revisions: list[Revision],
-                 versions: dict[Revision, KeyValue]) -> None:
+    def __init__(self, revision: int, compact_revision: int, log: list[KeyValue],
+                 subs: array[int]) -> None:
         self.revision = revision
         self.compact_revision = compact_revision
-        self._revisions = revisions
-        self._versions = versions
+        self._log = log
+        self._subs = subs
 
     def to_obj(self, versions: Any) -> dict[str, Any]:
         """``MvccStore.to_obj``'s image with ``versions`` (the rows, or something an encoder
@@ -623,72 +634,120 @@ class FrozenStore:
 
     def version_chunks(self) -> Iterator[list[list[Any]]]:
         """The ``versions`` rows in revision order, ``CHUNK`` at a time."""
-        revisions, versions = self._revisions, self._versions
-        for start in range(0, len(revisions), self.CHUNK):
-            rows = []
-            for rev in revisions[start:start + self.CHUNK]:
-                kv = versions[rev]
-                rows.append([rev.main, rev.sub, kv.key, kv.value, kv.create_revision,
-                             kv.version, kv.lease])
-            yield rows
+        log, subs = self._log, self._subs
+        for start in range(0, len(log), self.CHUNK):
+            stop = start + self.CHUNK
+            yield [[kv.mod_revision, sub, kv.key, kv.value, kv.create_revision, kv.version,
+                     kv.lease] for kv, sub in zip(log[start:stop], subs[start:stop],
+                                                  strict=True)]
+
+
+class LoadedVersions:
+    """The ``versions`` rows of a store image, read into the store's structures and checked.
+
+    ``build`` takes any iterable of rows, a list or an iterator that decodes them one at a
+    time, and holds on to no row: fed by a streaming decoder (``wire.lazy_array.load``, as
+    ``KvMachine.restore`` does), a restore never has the whole image's rows in memory at
+    once. A million decoded rows held together cost ~150 MB more at the peak than the
+    store they become, and CPython keeps that memory (its arenas stay fragmented) for the
+    member's life.
+    """
+
+    __slots__ = ("index", "last_main", "log", "size_bytes", "subs")
+
+    def __init__(self) -> None:
+        self.index = TreeIndex()
+        self.log: list[KeyValue] = []
+        self.subs = _sub_array()
+        self.size_bytes = 0
+        self.last_main = 0
+        """The main revision of the last row; the image's revision may not be below it."""
+
+    @classmethod
+    def build(cls, rows: Iterable[Any]) -> LoadedVersions:
+        """Read ``rows`` (see ``MvccStore.to_obj``) in revision order.
+
+        Raises:
+            ValueError, TypeError, OverflowError: a malformed row, or rows out of order.
+        """
+        # Built in bulk (a million versions is a restart's critical path): the log is
+        # appended to and the key index is filled unsorted and sorted once, instead of a
+        # sorted insert per record. The versions of one revision share one int object for
+        # it, as the writes that made them did.
+        loaded = cls()
+        last_main, last_sub = 0, 0
+        index = TreeIndex.bulk()
+        log, subs = loaded.log, loaded.subs
+        size = 0
+        for record in rows:
+            main, sub, key, value, create, version, lease = record
+            main, sub, key, value = _int(main), _int(sub), bytes(key), bytes(value)
+            create, version, lease = _int(create), _int(version), _int(lease)
+            if main == last_main and sub > last_sub:
+                main = last_main
+            elif main <= last_main or sub < 0 or not key:
+                raise ValueError(f"bad version record at ({main}, {sub})")
+            last_main, last_sub = main, sub
+            if create == 0:
+                if index.latest(key) is None:
+                    raise ValueError(f"tombstone of a missing key at ({main}, {sub})")
+                kv = tombstone(key, main)
+                index.tombstone(kv)
+            else:
+                if version < 1 or create > main:
+                    raise ValueError(f"bad version record at ({main}, {sub})")
+                kv = KeyValue(key, value, main if create == main else create, main, version,
+                              lease)
+                index.put(kv)
+            log.append(kv)
+            subs.append(sub)
+            size += len(key) + len(kv.value)
+        index.sort()
+        loaded.index = index
+        loaded.size_bytes = size
+        loaded.last_main = last_main
+        return loaded
+
+
+def load_versions(rows: Iterable[Any]) -> LoadedVersions:
+    """``LoadedVersions.build(rows)`` for a decoder to call as it goes; what it returns may
+    stand for the rows in the image given to ``MvccStore.restore``.
+
+    Raises:
+        CorruptData: the rows are not a store's versions.
+    """
+    try:
+        return LoadedVersions.build(rows)
+    except _IMAGE_ERRORS as exc:
+        raise CorruptData(f"kv snapshot: {exc}") from exc
+
+
+_IMAGE_ERRORS = (KeyError, TypeError, ValueError, OverflowError, AssertionError)
+"""What reading a malformed image raises (``CorruptData`` to the caller)."""
 
 
 class _Image:
     """A store image read back from plain data and checked, before it replaces anything."""
 
-    def __init__(self) -> None:
-        self.index = TreeIndex()
-        self.backend: SortedDict = SortedDict()
-        self.revision = 1
-        self.compact_revision = -1
-        self.size_bytes = 0
-
-    @classmethod
-    def load(cls, obj: Mapping[str, Any]) -> _Image:
-        image = cls()
+    def __init__(self, obj: Mapping[str, Any]) -> None:
         if obj["format"] != SNAPSHOT_FORMAT:
             raise ValueError(f"unknown format {obj['format']!r}")
-        image.revision = _int(obj["revision"])
-        image.compact_revision = _int(obj["compact_revision"])
-        if image.revision < 1 or image.compact_revision > image.revision:
+        self.revision = _int(obj["revision"])
+        self.compact_revision = _int(obj["compact_revision"])
+        if self.revision < 1 or self.compact_revision > self.revision:
             raise ValueError("revision/compact_revision out of order")
-        # Built in bulk (a million versions is a restart's critical path): the records
-        # come in revision order, so the backend is made from one sorted list and the key
-        # index from a plain dict sorted once, instead of a sorted insert per record.
-        last = Revision(0, 0)
-        top = image.revision
-        keys: dict[bytes, KeyIndex] = {}
-        revisions: list[Revision] = []
-        versions: list[KeyValue] = []
-        size = 0
-        for record in obj["versions"]:
-            main, sub, key, value, create, version, lease = record
-            rev = Revision(_int(main), _int(sub))
-            key, value = bytes(key), bytes(value)
-            create, version, lease = _int(create), _int(version), _int(lease)
-            if rev <= last or rev.main > top or not key:
-                raise ValueError(f"bad version record at {rev}")
-            last = rev
-            ki = keys.get(key)
-            if create == 0:
-                if ki is None or ki.latest() is None:
-                    raise ValueError(f"tombstone of a missing key at {rev}")
-                ki.tombstone(rev)
-                kv = tombstone(key, rev.main)
-            else:
-                if version < 1 or create > rev.main:
-                    raise ValueError(f"bad version record at {rev}")
-                if ki is None:
-                    ki = keys[key] = KeyIndex(key)
-                ki.put(rev)
-                kv = KeyValue(key, value, create, rev.main, version, lease)
-            revisions.append(rev)
-            versions.append(kv)
-            size += len(key) + len(kv.value)
-        image.backend = SortedDict(zip(revisions, versions, strict=True))
-        image.index = TreeIndex.of(keys)
-        image.size_bytes = size
-        return image
+        versions = obj["versions"]
+        if not isinstance(versions, LoadedVersions):
+            versions = LoadedVersions.build(versions)
+        if versions.last_main > self.revision:
+            raise ValueError(f"a version at {versions.last_main}, past the image's revision")
+        self.versions = versions
+
+
+def _sub_array(subs: Iterable[int] = ()) -> array[int]:
+    """An array of sub revisions: C unsigned ints, 4 bytes each (a write would need more
+    than 4 billion changes to overflow it, and ``array`` refuses that loudly)."""
+    return array("I", subs)
 
 
 def _int(value: object) -> int:

@@ -51,7 +51,7 @@ from discoverd.kv.requests import (
     TxnRequest,
 )
 from discoverd.kv.revision import Event, EventType
-from discoverd.kv.store import MvccStore
+from discoverd.kv.store import MvccStore, load_versions
 from discoverd.kv.watch import WatchHub
 from discoverd.leases.lessor import Lessor
 from discoverd.machine.alarms import NOSPACE, Alarms
@@ -360,7 +360,9 @@ class KvMachine:
             self.woken |= self.hub.on_restore()
             return
         try:
-            image = cbor2.loads(data)
+            # The versions (a million rows at scale) go into the store's structures as
+            # they are decoded, never all at once as rows (see wire.lazy_array.load).
+            image = lazy_array.load(data, ("store", "versions"), load_versions)
             applied, store = image["applied"], image["store"]
             leases = image.get("leases")
         except (ValueError, TypeError, KeyError, EOFError, cbor2.CBORDecodeError) as e:

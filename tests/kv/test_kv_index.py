@@ -8,7 +8,18 @@ from __future__ import annotations
 import pytest
 
 from discoverd.kv.index import KeyIndex, TreeIndex
-from discoverd.kv.revision import Revision as R
+from discoverd.kv.revision import KeyValue, tombstone
+
+
+def R(main: int, sub: int = 0, key: bytes = b"foo") -> KeyValue:
+    """The put of ``key`` at revision ``(main, sub)``, told apart from every other by its
+    value (equal ``KeyValue``s compare equal, so expectations can be written fresh)."""
+    return KeyValue(key, b"%d.%d" % (main, sub), 1, main, 1)
+
+
+def T(main: int, key: bytes = b"foo") -> KeyValue:
+    """The tombstone of ``key`` at revision ``main``."""
+    return tombstone(key, main)
 
 
 def etcd_test_key_index() -> KeyIndex:
@@ -16,25 +27,25 @@ def etcd_test_key_index() -> KeyIndex:
 
     {{2}, {4}, {6}(t)} {{8}, {10}, {12}(t)} {{14,0}, {14,1}, {16}(t)} {}
     """
-    ki = KeyIndex(b"foo")
+    ki = KeyIndex()
     ki.put(R(2))
     ki.put(R(4))
-    ki.tombstone(R(6))
+    ki.tombstone(T(6))
     ki.put(R(8))
     ki.put(R(10))
-    ki.tombstone(R(12))
+    ki.tombstone(T(12))
     ki.put(R(14, 0))
     ki.put(R(14, 1))
-    ki.tombstone(R(16))
+    ki.tombstone(T(16))
     return ki
 
 
 def test_generations_are_split_by_tombstones() -> None:
     ki = etcd_test_key_index()
     assert ki.generations == [
-        [R(2), R(4), R(6)],
-        [R(8), R(10), R(12)],
-        [R(14, 0), R(14, 1), R(16)],
+        [R(2), R(4), T(6)],
+        [R(8), R(10), T(12)],
+        [R(14, 0), R(14, 1), T(16)],
         [],
     ]
     assert ki.latest() is None
@@ -79,21 +90,21 @@ def test_get_before_any_compaction_sees_the_first_version() -> None:
 @pytest.mark.parametrize(
     ("at", "removed", "generations"),
     [
-        (1, [], [[R(2), R(4), R(6)], [R(8), R(10), R(12)], [R(14, 0), R(14, 1), R(16)], []]),
-        (2, [], [[R(2), R(4), R(6)], [R(8), R(10), R(12)], [R(14, 0), R(14, 1), R(16)], []]),
-        (5, [R(2)], [[R(4), R(6)], [R(8), R(10), R(12)], [R(14, 0), R(14, 1), R(16)], []]),
+        (1, [], [[R(2), R(4), T(6)], [R(8), R(10), T(12)], [R(14, 0), R(14, 1), T(16)], []]),
+        (2, [], [[R(2), R(4), T(6)], [R(8), R(10), T(12)], [R(14, 0), R(14, 1), T(16)], []]),
+        (5, [R(2)], [[R(4), T(6)], [R(8), R(10), T(12)], [R(14, 0), R(14, 1), T(16)], []]),
         # a tombstone at or before the compaction revision takes its generation with it
-        (6, [R(2), R(4), R(6)], [[R(8), R(10), R(12)], [R(14, 0), R(14, 1), R(16)], []]),
-        (7, [R(2), R(4), R(6)], [[R(8), R(10), R(12)], [R(14, 0), R(14, 1), R(16)], []]),
-        (11, [R(2), R(4), R(6), R(8)], [[R(10), R(12)], [R(14, 0), R(14, 1), R(16)], []]),
+        (6, [R(2), R(4), T(6)], [[R(8), R(10), T(12)], [R(14, 0), R(14, 1), T(16)], []]),
+        (7, [R(2), R(4), T(6)], [[R(8), R(10), T(12)], [R(14, 0), R(14, 1), T(16)], []]),
+        (11, [R(2), R(4), T(6), R(8)], [[R(10), T(12)], [R(14, 0), R(14, 1), T(16)], []]),
         (
             14,
-            [R(2), R(4), R(6), R(8), R(10), R(12), R(14, 0)],
-            [[R(14, 1), R(16)], []],
+            [R(2), R(4), T(6), R(8), R(10), T(12), R(14, 0)],
+            [[R(14, 1), T(16)], []],
         ),
         (
             16,
-            [R(2), R(4), R(6), R(8), R(10), R(12), R(14, 0), R(14, 1), R(16)],
+            [R(2), R(4), T(6), R(8), R(10), T(12), R(14, 0), R(14, 1), T(16)],
             [[]],
         ),
     ],
@@ -104,29 +115,29 @@ def test_compact_keeps_the_version_visible_at_the_compaction_revision(
     ki = etcd_test_key_index()
     assert ki.compact(at) == removed
     assert ki.generations == generations
-    assert ki.is_empty() == (generations == [[]])
+    assert (not ki) == (generations == [[]])
 
 
 def test_compact_of_a_live_key_keeps_its_latest_version() -> None:
-    ki = KeyIndex(b"k")
+    ki = KeyIndex()
     for main in (2, 3, 4):
-        ki.put(R(main))
-    assert ki.compact(10) == [R(2), R(3)]
-    assert ki.generations == [[R(4)]]
-    assert ki.get(10) == R(4)
-    assert not ki.is_empty()
+        ki.put(R(main, key=b"k"))
+    assert ki.compact(10) == [R(2, key=b"k"), R(3, key=b"k")]
+    assert ki.generations == [[R(4, key=b"k")]]
+    assert ki.get(10) == R(4, key=b"k")
+    assert ki
 
 
 def test_tombstone_of_a_deleted_key_is_a_bug() -> None:
-    ki = KeyIndex(b"k")
+    ki = KeyIndex()
     with pytest.raises(AssertionError):
-        ki.tombstone(R(2))
+        ki.tombstone(T(2, b"k"))
 
 
 def test_tree_scan_is_key_ordered_and_half_open() -> None:
     tree = TreeIndex()
     for i, key in enumerate([b"b", b"a", b"c", b"ab", b"d"]):
-        tree.put(key, R(i + 2))
+        tree.put(R(i + 2, key=key))
     assert [ki.key for ki in tree.scan(b"a", b"c")] == [b"a", b"ab", b"b"]
     assert [ki.key for ki in tree.scan(b"b", None)] == [b"b", b"c", b"d"]
     assert list(tree.scan(b"c", b"a")) == []
@@ -135,10 +146,42 @@ def test_tree_scan_is_key_ordered_and_half_open() -> None:
 
 def test_tree_compact_drops_keys_without_history() -> None:
     tree = TreeIndex()
-    tree.put(b"gone", R(2))
-    tree.tombstone(b"gone", R(3))
-    tree.put(b"kept", R(4))
-    assert tree.compact(4) == [R(2), R(3)]
+    tree.put(R(2, key=b"gone"))
+    tree.tombstone(T(3, b"gone"))
+    tree.put(R(4, key=b"kept"))
+    assert tree.compact(4) == [R(2, key=b"gone"), T(3, b"gone")]
     assert tree.key_index(b"gone") is None
     assert tree.key_index(b"kept") is not None
     assert len(tree) == 1
+
+
+def test_a_key_with_one_version_is_entered_bare_and_one_with_more_as_a_list() -> None:
+    """The tree's entry for a key is the ``KeyValue`` itself while it has one version; a
+    second change makes it a ``KeyIndex``; taking back or compacting away all but one
+    version makes it bare again. Reads see no difference."""
+    tree = TreeIndex()
+    a2, a3, b4 = R(2, key=b"a"), R(3, key=b"a"), R(4, key=b"b")
+    tree.put(a2)
+    assert tree._keys[b"a"] is a2
+    assert tree.key_index(b"a") == [a2]
+    tree.put(a3)
+    assert type(tree._keys[b"a"]) is KeyIndex
+    assert tree._keys[b"a"] == [a2, a3]
+    tree.revert(a3)
+    assert tree._keys[b"a"] is a2
+    tree.put(a3)
+    tree.put(b4)
+    gone = T(5, b"b")
+    tree.tombstone(gone)
+    assert tree._keys[b"b"] == [b4, gone]
+    assert (tree.live, tree.get(b"b", 4), tree.get(b"b", 5)) == (1, b4, None)
+    assert tree.compact(3) == [a2]
+    assert tree._keys[b"a"] is a3
+    assert tree.get(b"a", 3) is a3
+    assert tree.latest(b"a") is a3
+    assert tree.latest(b"b") is None
+    assert list(tree.visible(4, b"a", None)) == [a3, b4]
+    assert list(tree.visible(9, b"a", None, reverse=True)) == [a3]
+    assert tree.compact(5) == [b4, gone]
+    assert tree.key_index(b"b") is None
+    assert (len(tree), tree.live) == (1, 1)

@@ -37,14 +37,19 @@ from discoverd.kv import (
     WriteView,
 )
 from discoverd.kv.index import KeyIndex, TreeIndex
-from discoverd.kv.revision import Revision as R
+from discoverd.kv.revision import tombstone
 
 # -- helpers ------------------------------------------------------------------------------
 
 
-def index_dump(store: MvccStore) -> dict[bytes, list[list[R]]]:
+def index_dump(store: MvccStore) -> dict[bytes, list[list[KeyValue]]]:
     index: TreeIndex = store._index
-    return {ki.key: [list(g) for g in ki.generations] for ki in index.scan(b"", None)}
+    return {ki.key: ki.generations for ki in index.scan(b"", None)}
+
+
+def R(main: int, sub: int = 0, key: bytes = b"k") -> KeyValue:
+    """The put of ``key`` at revision ``(main, sub)`` (its value tells it from the others)."""
+    return KeyValue(key, b"%d.%d" % (main, sub), 1, main, 1)
 
 
 def state(store: MvccStore) -> tuple[Any, ...]:
@@ -66,27 +71,31 @@ def everything(store: MvccStore) -> list[tuple[bytes, bytes]]:
 
 
 def test_revert_takes_back_puts_and_tombstones_newest_first() -> None:
-    ki = KeyIndex(b"k")
-    ki.put(R(2))
-    ki.tombstone(R(3))
-    ki.put(R(4, 0))
-    ki.tombstone(R(4, 1))
-    assert ki.generations == [[R(2), R(3)], [R(4, 0), R(4, 1)], []]
-    ki.revert(R(4, 1))
-    assert ki.generations == [[R(2), R(3)], [R(4, 0)]]
-    ki.revert(R(4, 0))
-    assert ki.generations == [[R(2), R(3)], []]
-    ki.revert(R(3))
-    assert ki.generations == [[R(2)]]
+    put2, del3, put4, del4 = R(2), tombstone(b"k", 3), R(4, 0), tombstone(b"k", 4)
+    ki = KeyIndex()
+    ki.put(put2)
+    ki.tombstone(del3)
+    ki.put(put4)
+    ki.tombstone(del4)
+    assert ki.generations == [[put2, del3], [put4, del4], []]
+    ki.revert(del4)
+    assert ki.generations == [[put2, del3], [put4]]
+    ki.revert(put4)
+    assert ki.generations == [[put2, del3], []]
+    ki.revert(del3)
+    assert ki.generations == [[put2]]
+    with pytest.raises(AssertionError):
+        ki.revert(R(2))  # equal to the last change, but not it: a change is taken back by identity
     with pytest.raises(AssertionError):
         ki.revert(R(9))
 
 
 def test_a_key_reverted_to_nothing_leaves_the_tree() -> None:
     tree = TreeIndex()
-    tree.put(b"a", R(2))
-    tree.put(b"b", R(3))
-    tree.revert(b"b", R(3))
+    tree.put(R(2, key=b"a"))
+    b3 = R(3, key=b"b")
+    tree.put(b3)
+    tree.revert(b3)
     assert [ki.key for ki in tree.scan(b"", None)] == [b"a"]
     assert tree.key_index(b"b") is None
 
