@@ -12,11 +12,11 @@ when the member has one; without one it gets an HTTP 400 saying what this port s
 
 Ops are tables so later issues add theirs without touching the connection code: *unary*
 handlers answer once (bounded by the request timeout), each in its own task — unless the
-op's *fast* handler (``FastHandler``) has the answer without waiting; *stream* handlers (a watch) send any
-number of ``ok`` frames under the request's id with ``emit`` and end by returning (or raising,
-which sends an ``err`` frame); they run until then or until the connection closes, and do
-not count against the in-flight bound. Every handler gets the ``Connection`` it serves, for
-per-connection state (its watches).
+op's *fast* handler (``FastHandler``) has the answer without waiting; *stream* handlers (a
+watch) send any number of ``ok`` frames under the request's id with ``emit`` and end by
+returning (or raising, which sends an ``err`` frame); they run until then or until the
+connection closes, and do not count against the in-flight bound. Every handler gets the
+``Connection`` it serves, for per-connection state (its watches).
 """
 
 from __future__ import annotations
