@@ -34,7 +34,7 @@ from discoverd.errors import (
 )
 from discoverd.machine.applier import KvMachine, LeaseGranted, encode_command
 from discoverd.member.core import MemberCore
-from discoverd.server.api_server import Connection, Handler, error_body, stamp
+from discoverd.server.api_server import Connection, FastHandler, Handler, error_body, stamp
 from discoverd.server.raft_loop import RaftLoop
 from discoverd.wire.lease_watch_codec import decode_lease_grant, decode_lease_id
 
@@ -160,6 +160,17 @@ class LeaseService:
     async def op_leases(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
         await self.loop.read_barrier()
         return {"header": self._header(), "leases": [{"id": i} for i in self.lessor.leases()]}
+
+    def fast_ops(self) -> dict[str, FastHandler]:
+        return {"lease_keepalive": self.fast_keepalive}
+
+    def fast_keepalive(self, req: dict[str, Any], conn: Connection) -> dict[str, Any] | None:
+        """A keep-alive on the primary that has applied all it committed: answered at once
+        (``api_server.FastHandler``); anything else takes ``op_keepalive``'s path."""
+        if not (self.lessor.primary and self.core.is_leader
+                and self.core.applied >= self.core.node.raft.log.committed):
+            return None
+        return self._serve_locally({"op": "lease_keepalive", "lease": decode_lease_id(req)})
 
     async def op_keepalive(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
         lease_id = decode_lease_id(req)

@@ -161,6 +161,7 @@ class Member:
                              write_timeout=seconds(cfg.client_write_timeout_ms),
                              max_requests_per_second=cfg.max_requests_per_second,
                              auth=self.auth,
+                             fast={"range": self.fast_range, **self.leases.fast_ops()},
                              http=HttpServer(gateway_router(), metrics=self._metrics_text,
                                              idle_timeout=seconds(cfg.client_idle_timeout_ms)
                                              or math.inf, log=log))
@@ -240,11 +241,25 @@ class Member:
             "disk_full": self.loop.disk_full,
         }
 
+    def fast_range(self, req: dict[str, Any], conn: Connection) -> dict[str, Any] | None:
+        """A serializable range needs no Raft round: answered at once
+        (``api_server.FastHandler``); a linearizable one takes ``op_range``'s path."""
+        if req.get("serializable") is not True:
+            return None
+        return self._range(self._range_request(req))
+
     async def op_range(self, req: dict[str, Any], conn: Connection) -> dict[str, Any]:
-        rr: RangeRequest = decode_request("range", req)
-        check_request_sizes(rr, self.cfg.max_key_bytes, self.cfg.max_value_bytes)
+        rr = self._range_request(req)
         if not rr.serializable:
             await self.loop.read_barrier()
+        return self._range(rr)
+
+    def _range_request(self, req: dict[str, Any]) -> RangeRequest:
+        rr: RangeRequest = decode_request("range", req)
+        check_request_sizes(rr, self.cfg.max_key_bytes, self.cfg.max_value_bytes)
+        return rr
+
+    def _range(self, rr: RangeRequest) -> dict[str, Any]:
         resp = self.machine.store.range(rr)
         return {"header": self.header(resp.header_revision), **encode_response(resp)}
 
