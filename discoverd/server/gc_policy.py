@@ -126,8 +126,7 @@ class SurvivorFreezer:
         next_sweep = trio.current_time() + self.sweep_interval
         while True:
             await trio.sleep(self.interval)
-            sweep = (trio.current_time() >= next_sweep
-                     and gc.get_freeze_count() <= self.sweep_max_frozen)
-            if trio.current_time() >= next_sweep:
+            due = trio.current_time() >= next_sweep
+            if due:
                 next_sweep += self.sweep_interval
-            self.round(sweep=sweep)
+            self.round(sweep=due and gc.get_freeze_count() <= self.sweep_max_frozen)
