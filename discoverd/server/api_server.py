@@ -131,6 +131,11 @@ def error_body(exc: DiscoverdError) -> dict[str, Any]:
     return body
 
 
+def bad_request_body(exc: Exception) -> dict[str, Any]:
+    """The ``err`` body for a request that could not be decoded or understood."""
+    return {"code": "bad_request", "message": f"bad request: {exc}"}
+
+
 class AuthGate(Protocol):
     """What ``ClientApi`` asks of the auth service (``server/auth_service.AuthService``)."""
 
@@ -331,8 +336,7 @@ class ClientApi:
         except DiscoverdError as e:
             await self._refuse(conn, answer, rid, e.code, error_body(e), started, "unknown")
         except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as e:
-            await self._refuse(conn, answer, rid, "bad_request",
-                               {"code": "bad_request", "message": f"bad request: {e}"},
+            await self._refuse(conn, answer, rid, "bad_request", bad_request_body(e),
                                started, "unknown")
         return None
 
@@ -352,8 +356,7 @@ class ClientApi:
             await self._refuse(conn, answer, rid, e.code, error_body(e), started, op)
             return True
         except (ValueError, TypeError) as e:
-            await self._refuse(conn, answer, rid, "bad_request",
-                               {"code": "bad_request", "message": f"bad request: {e}"},
+            await self._refuse(conn, answer, rid, "bad_request", bad_request_body(e),
                                started, op)
             return True
         if result is None:
@@ -413,8 +416,7 @@ class ClientApi:
             except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as e:
                 self.errors += 1
                 code = "bad_request"
-                await answer({"id": rid,
-                              "err": {"code": "bad_request", "message": f"bad request: {e}"}})
+                await answer({"id": rid, "err": bad_request_body(e)})
         finally:
             conn.active -= 1
             if not released:
